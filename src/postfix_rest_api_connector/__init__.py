@@ -1,0 +1,5 @@
+"""Answer Postfix lookup and policy requests from a REST API."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,190 @@
+"""The REST side: one pyreqwest client per endpoint, and the mapping of HTTP answers to outcomes.
+
+Lookups are ``GET target?key=K`` (socketmap adds ``name=MAP`` first); policy is a form ``POST``.
+Keys and attributes are percent-encoded from their raw bytes here and nowhere else, so a ``+`` or
+``&`` from Postfix reaches the API as itself and never as a separator.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from urllib.parse import quote_from_bytes, quote_plus
+
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import PyreqwestError, RequestTimeoutError
+from pyreqwest.request import RequestBuilder
+
+from .config import EndpointConfig
+from .model import (
+    NOT_FOUND,
+    Found,
+    LookupRequest,
+    Outcome,
+    PermanentError,
+    PolicyRequest,
+    TemporaryError,
+    Timeout,
+)
+
+_FORM = "application/x-www-form-urlencoded"
+_POOL_IDLE_PER_HOST = 1024
+"""Enough idle keep-alive connections that steady load opens no new ones."""
+
+
+class ResponseTooLarge(Exception):
+    """The API's body exceeded the endpoint's ``max-response-bytes``."""
+
+
+def _json_content_type(content_type: str | None) -> bool:
+    """No type, ``application/json`` or any ``+json`` type; an HTML error page is not an answer."""
+    if content_type is None:
+        return True
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def lookup_outcome(status: int, body: bytes, content_type: str | None, separator: str) -> Outcome:
+    """The REST contract for lookups, row by row."""
+    if status == 404:
+        return NOT_FOUND
+    if status != 200:
+        return _status_failure(status)
+    if not _json_content_type(content_type):
+        return TemporaryError(f"API answered with content type {content_type!r}, not JSON")
+    try:
+        values = json.loads(body)
+    except (ValueError, RecursionError):
+        return TemporaryError("API answered with invalid JSON")
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        return TemporaryError("API answered with JSON that is not an array of strings")
+    if not values:
+        return NOT_FOUND
+    joined = separator.join(values)
+    if not joined:
+        return TemporaryError("API answered with an empty value")
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        return TemporaryError("API answered with a string that is not valid Unicode")
+    return Found(joined)
+
+
+def policy_outcome(status: int, body: bytes) -> Outcome:
+    """``action=X`` (Rust predecessor) or ``X`` (Kotlin predecessor), one line, nothing else."""
+    if status != 200:
+        return _status_failure(status)
+    try:
+        text = body.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return TemporaryError("API answered with a policy action that is not UTF-8")
+    if text[:7].lower() == "action=":
+        text = text[7:].strip()
+    if not text or "\n" in text or "\r" in text:
+        return TemporaryError("API answered with an empty or multi-line policy action")
+    return Found(text)
+
+
+def _status_failure(status: int) -> Outcome:
+    if 400 <= status < 500:
+        return PermanentError(f"API answered HTTP {status}")
+    return TemporaryError(f"API answered HTTP {status}")
+
+
+def _target_with_query(target: str) -> str:
+    """The target followed by the separator that starts the next query parameter."""
+    return target + ("&" if "?" in target else "?")
+
+
+def form_body(request: PolicyRequest) -> bytes:
+    """Every attribute in order, names and values form-encoded from their raw bytes."""
+    return "&".join(
+        f"{quote_plus(name)}={quote_plus(value)}" for name, value in request.attributes
+    ).encode("ascii")
+
+
+class RestBackend:
+    """Asks one endpoint's REST target; every failure comes back as an outcome, never raised."""
+
+    def __init__(self, endpoint: EndpointConfig, user_agent: str) -> None:
+        self._query_prefix = _target_with_query(endpoint.target)
+        self._target = endpoint.target
+        self._separator = endpoint.list_separator
+        self._max_body = endpoint.max_response_bytes
+        self._client = self._build_client(endpoint, user_agent)
+
+    @staticmethod
+    def _build_client(endpoint: EndpointConfig, user_agent: str) -> Client:
+        headers = {"Accept": "application/json"} if endpoint.mode != "policy" else {}
+        if endpoint.auth_token is not None:
+            headers["X-Auth-Token"] = endpoint.auth_token.get_secret_value()
+        builder = (
+            ClientBuilder()
+            .user_agent(user_agent)
+            .default_headers(headers)
+            .timeout(timedelta(milliseconds=endpoint.request_timeout))
+            .pool_max_idle_per_host(_POOL_IDLE_PER_HOST)
+            .follow_redirects(False)
+            .referer(False)
+        )
+        if endpoint.tls_ca_file is not None:
+            builder = builder.add_root_certificate_pem(endpoint.tls_ca_file.read_bytes())
+        return builder.build()
+
+    def lookup_url(self, request: LookupRequest) -> str:
+        key = quote_from_bytes(request.key, safe="")
+        if request.map_name is None:
+            return f"{self._query_prefix}key={key}"
+        name = quote_from_bytes(request.map_name, safe="")
+        return f"{self._query_prefix}name={name}&key={key}"
+
+    async def lookup(self, request: LookupRequest, request_id: str) -> Outcome:
+        builder = self._client.get(self.lookup_url(request))
+        try:
+            status, body, content_type = await self._send(builder, request_id)
+        except _FAILURES as error:
+            return _failure(error)
+        return lookup_outcome(status, body, content_type, self._separator)
+
+    async def check_policy(self, request: PolicyRequest, request_id: str) -> Outcome:
+        builder = (
+            self._client.post(self._target)
+            .header("Content-Type", _FORM)
+            .body_bytes(form_body(request))
+        )
+        try:
+            status, body, _ = await self._send(builder, request_id)
+        except _FAILURES as error:
+            return _failure(error)
+        return policy_outcome(status, body)
+
+    async def _send(
+        self, builder: RequestBuilder, request_id: str
+    ) -> tuple[int, bytes, str | None]:
+        """Status, body (read only for a 200, and only up to the limit) and content type."""
+        async with builder.header("X-Request-Id", request_id).build_streamed() as response:
+            status = response.status
+            if status != 200:
+                return status, b"", None
+            body = bytearray()
+            reader = response.body_reader
+            while (chunk := await reader.read(65536)) is not None:
+                body += chunk
+                if len(body) > self._max_body:
+                    raise ResponseTooLarge
+            return status, bytes(body), response.headers.get("content-type")
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+_FAILURES = (PyreqwestError, ResponseTooLarge)
+
+
+def _failure(error: Exception) -> Outcome:
+    """Reasons name the kind of failure only: no URL, no header, nothing secret."""
+    if isinstance(error, RequestTimeoutError):
+        return Timeout("API did not answer in time")
+    if isinstance(error, ResponseTooLarge):
+        return TemporaryError("API answer exceeds max-response-bytes")
+    return TemporaryError(f"API request failed: {type(error).__name__}")

@@ -1,0 +1,78 @@
+"""Command line: ``postfix-rest-api-connector CONFIG`` as the predecessors, or ``--demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+import uvloop
+
+from . import __version__, demo
+from .config import Config, ConfigError, load_config, parse_config
+from .log import configure
+from .server import Daemon, StartupError
+
+EX_CONFIG = 78
+"""sysexits.h: configuration error; systemd and Postfix administrators know it."""
+EX_STARTUP = 1
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="postfix-rest-api-connector",
+        description="Answer Postfix tcp_table, socketmap and policy requests from a REST API.",
+    )
+    parser.add_argument("config", nargs="?", help="path to the JSON config file")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run a built-in sample REST API with one endpoint of each mode (no config needed)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "INFO"),
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="log level (default: $LOG_LEVEL or INFO)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+async def _serve(config: Config) -> None:
+    await Daemon(config).run()
+
+
+async def _serve_demo() -> None:
+    runner, api_url = await demo.start_api()
+    try:
+        daemon = Daemon(parse_config(demo.demo_config(api_url)))
+        await daemon.start()
+        print(demo.try_it(api_url), flush=True)
+        await daemon.serve()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure(args.log_level)
+    if args.demo == (args.config is not None):
+        _parser().error("give either a CONFIG path or --demo")
+    try:
+        coroutine = _serve_demo() if args.demo else _serve(load_config(args.config))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coroutine)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except StartupError as error:
+        log.error("%s", error)  # noqa: TRY400 - the message is the whole story
+        return EX_STARTUP
+    return 0

@@ -1,0 +1,115 @@
+"""Policy delegation (SMTPD_POLICY_README): ``name=value`` lines ended by an empty line.
+
+Values are attacker-controlled (HELO name, sender) and kept as raw bytes. The reply is exactly
+``action=ACTION\\n\\n``; Postfix hangs for its timeout on anything else.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..model import Malformed, PolicyRequest
+from .errors import RequestTooLarge, UnsendableReply
+
+DEFAULT_MAX_REQUEST = 65536
+DEFAULT_MAX_ATTRIBUTES = 256
+MAX_ACTION = 2048
+"""Longer actions are refused: Postfix's SMTP reply text could not carry them anyway."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class PolicyDecoder:
+    """Collects attribute lines until the empty line; limits bytes and attributes per request."""
+
+    __slots__ = (
+        "_attributes",
+        "_buffer",
+        "_max_attributes",
+        "_max_request",
+        "_names",
+        "_problem",
+        "_request_bytes",
+    )
+
+    def __init__(
+        self,
+        max_request: int = DEFAULT_MAX_REQUEST,
+        max_attributes: int = DEFAULT_MAX_ATTRIBUTES,
+    ) -> None:
+        self._max_request = max_request
+        self._max_attributes = max_attributes
+        self._buffer = b""
+        self._start_request()
+
+    def _start_request(self) -> None:
+        self._attributes: list[tuple[bytes, bytes]] = []
+        self._names: set[bytes] = set()
+        self._problem: str | None = None
+        self._request_bytes = 0
+
+    def feed(self, data: bytes) -> list[PolicyRequest | Malformed]:
+        buffer = self._buffer + data if self._buffer else data
+        requests: list[PolicyRequest | Malformed] = []
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            self._count(end + 1 - start)
+            line_end = end - 1 if end > start and buffer[end - 1] == 0x0D else end
+            if line_end == start:
+                requests.append(self._finish_request())
+            else:
+                self._add_attribute(buffer[start:line_end])
+            start = end + 1
+        self._buffer = buffer[start:]
+        if self._request_bytes + len(self._buffer) > self._max_request:
+            raise RequestTooLarge(f"policy request longer than {self._max_request} bytes")
+        return requests
+
+    def _count(self, line_bytes: int) -> None:
+        self._request_bytes += line_bytes
+        if self._request_bytes > self._max_request:
+            raise RequestTooLarge(f"policy request longer than {self._max_request} bytes")
+
+    def _add_attribute(self, line: bytes) -> None:
+        if self._problem is not None:
+            return
+        name, equals, value = line.partition(b"=")
+        if not equals or not name:
+            self._problem = "attribute line without 'name='"
+        elif name in self._names:
+            self._problem = "duplicate attribute"
+        elif len(self._attributes) >= self._max_attributes:
+            self._problem = f"more than {self._max_attributes} attributes"
+        else:
+            self._names.add(name)
+            self._attributes.append((name, value))
+
+    def _finish_request(self) -> PolicyRequest | Malformed:
+        request: PolicyRequest | Malformed
+        if self._problem is not None:
+            request = Malformed(self._problem)
+        elif not self._attributes:
+            request = Malformed("empty policy request")
+        else:
+            request = PolicyRequest(tuple(self._attributes))
+        self._start_request()
+        return request
+
+
+def check_action(action: str) -> str | None:
+    """Why ``action`` cannot be sent as one policy reply line, or ``None`` when it can."""
+    if not action or action.isspace():
+        return "empty action"
+    if _CONTROL.search(action):
+        return "action contains a line break or control character"
+    if len(action) > MAX_ACTION:
+        return f"action longer than {MAX_ACTION} characters"
+    return None
+
+
+def encode_reply(action: str) -> bytes:
+    """``action=ACTION\\n\\n``; raises ``UnsendableReply`` when ``check_action`` objects."""
+    problem = check_action(action)
+    if problem is not None:
+        raise UnsendableReply(problem)
+    return b"action=" + action.encode("utf-8") + b"\n\n"

@@ -1,0 +1,195 @@
+"""The JSON config: the predecessors' keys unchanged, validated into one frozen object at start.
+
+Every problem becomes one line naming its key path (``endpoints[1].bind-port: ...``), so that an
+administrator can fix the file without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from . import __version__
+from .codecs import policy
+
+DEFAULT_USER_AGENT = f"postfix-rest-api-connector/{__version__}"
+DEFAULT_FAILURE_ACTION = "DEFER_IF_PERMIT Service temporarily unavailable"
+_PERMISSIVE_ACTIONS = frozenset({"OK", "DUNNO"})
+
+Mode = Literal["tcp-lookup", "socketmap-lookup", "policy"]
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _check_target(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.fragment:
+        raise ValueError("must not contain a #fragment")
+    return url
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _check_bind_address(address: str) -> str:
+    """An IP address, or a host name such as ``localhost`` as the predecessors accepted."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(address):
+            raise ValueError("must be an IP address or a host name") from None
+    return address
+
+
+def _check_failure_action(action: str) -> str:
+    problem = policy.check_action(action)
+    if problem is not None:
+        raise ValueError(problem)
+    if action.split(maxsplit=1)[0].upper() in _PERMISSIVE_ACTIONS:
+        raise ValueError("must not let mail through (OK or DUNNO) when the API fails")
+    return action
+
+
+Milliseconds = Annotated[int, Field(strict=True)]
+
+
+class EndpointConfig(BaseModel):
+    """One listener and the REST target it asks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(min_length=1)
+    mode: Mode
+    target: Annotated[str, AfterValidator(_check_target)]
+    bind_address: Annotated[str, AfterValidator(_check_bind_address)] = Field(
+        "127.0.0.1", alias="bind-address"
+    )
+    bind_port: int = Field(alias="bind-port", ge=0, le=65535)
+    auth_token: SecretStr | None = Field(None, alias="auth-token")
+    request_timeout: Milliseconds = Field(2000, alias="request-timeout", ge=1, le=600_000)
+    list_separator: str = Field(",", alias="list-separator")
+    idle_timeout: Milliseconds = Field(600_000, alias="idle-timeout", ge=1_000, le=86_400_000)
+    failure_action: Annotated[str, AfterValidator(_check_failure_action)] = Field(
+        DEFAULT_FAILURE_ACTION, alias="failure-action"
+    )
+    max_request_bytes: int = Field(65536, alias="max-request-bytes", ge=512, le=16 * 1024 * 1024)
+    max_response_bytes: int = Field(
+        1024 * 1024, alias="max-response-bytes", ge=1024, le=64 * 1024 * 1024
+    )
+    tls_ca_file: FilePath | None = Field(None, alias="tls-ca-file")
+
+    @field_validator("tls_ca_file", mode="before")
+    @classmethod
+    def _path_from_string(cls, value: object) -> object:
+        return Path(value) if isinstance(value, str) else value
+
+    @property
+    def request_timeout_seconds(self) -> float:
+        return self.request_timeout / 1000
+
+    @property
+    def idle_timeout_seconds(self) -> float:
+        return self.idle_timeout / 1000
+
+
+class Config(BaseModel):
+    """The whole file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    user_agent: str = Field(DEFAULT_USER_AGENT, alias="user-agent", min_length=1)
+    shutdown_timeout: Milliseconds = Field(10_000, alias="shutdown-timeout", ge=0, le=600_000)
+    endpoints: tuple[EndpointConfig, ...]
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _tuple_from_list(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+
+def _key_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+    message = message.removeprefix("Value error, ")
+    return f"{_key_path(location)}: {message}"
+
+
+def _cross_checks(config: Config) -> Iterator[str]:
+    if not config.endpoints:
+        yield "endpoints: must list at least one endpoint"
+    first_with_name: dict[str, int] = {}
+    first_on_address: dict[tuple[str, int], int] = {}
+    for index, endpoint in enumerate(config.endpoints):
+        where = f"endpoints[{index}]"
+        if endpoint.name in first_with_name:
+            other = first_with_name[endpoint.name]
+            yield f"{where}.name: duplicate name {endpoint.name!r} (also endpoints[{other}])"
+        first_with_name.setdefault(endpoint.name, index)
+        address = (endpoint.bind_address.lower(), endpoint.bind_port)
+        if endpoint.bind_port and address in first_on_address:
+            other = first_on_address[address]
+            yield (
+                f"{where}.bind-port: {endpoint.bind_address} port {endpoint.bind_port}"
+                f" is already used by endpoints[{other}]"
+            )
+        first_on_address.setdefault(address, index)
+        if endpoint.mode != "policy" and "failure_action" in endpoint.model_fields_set:
+            yield f"{where}.failure-action: only applies to mode 'policy'"
+
+
+def parse_config(document: object) -> Config:
+    """Validate an already-parsed JSON document."""
+    try:
+        config = Config.model_validate(document, by_alias=True, by_name=False)
+    except ValidationError as error:
+        raise ConfigError([_describe(dict(e)) for e in error.errors()]) from None
+    problems = list(_cross_checks(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file; ``ConfigError`` lists every problem found."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([f"{path}: cannot read: {error}"]) from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            [f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"]
+        ) from None
+    return parse_config(document)

@@ -1,0 +1,103 @@
+"""One configured endpoint: its mode's codec and reply table, its service, its listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any, TypeVar, cast
+
+from .backend import RestBackend
+from .codecs import Decoder, policy
+from .codecs.policy import PolicyDecoder
+from .codecs.socketmap import SocketmapDecoder
+from .codecs.tcp_table import TcpTableDecoder
+from .config import EndpointConfig
+from .connection import Connection, ConnectionTracker, Exchange, Request
+from .model import LookupRequest, Malformed, Outcome, PermanentError, PolicyRequest
+from .replies import policy_reply, socketmap_reply, tcp_table_reply
+from .service import EndpointService
+
+log = logging.getLogger(__name__)
+
+
+R = TypeVar("R", LookupRequest, PolicyRequest)
+
+
+def _exchange(
+    new_decoder: Callable[[], Decoder],
+    call: Callable[[R], Coroutine[Any, Any, Outcome]],
+    reply: Callable[[Outcome], bytes],
+) -> Exchange:
+    async def answer(request: Request) -> bytes:
+        if isinstance(request, Malformed):
+            return reply(PermanentError(f"malformed request: {request.reason}"))
+        return reply(await call(cast(R, request)))
+
+    return Exchange(
+        new_decoder=new_decoder,
+        answer=answer,
+        reject=lambda reason: reply(PermanentError(f"malformed request: {reason}")),
+    )
+
+
+def build_exchange(config: EndpointConfig, service: EndpointService) -> Exchange:
+    """Wire the endpoint's mode: which codec frames requests and which table encodes outcomes."""
+    limit = config.max_request_bytes
+    if config.mode == "tcp-lookup":
+        return _exchange(partial(TcpTableDecoder, limit), service.lookup, tcp_table_reply)
+    if config.mode == "socketmap-lookup":
+        return _exchange(partial(SocketmapDecoder, limit), service.lookup, socketmap_reply)
+    failure_reply = policy.encode_reply(config.failure_action)
+    return _exchange(
+        partial(PolicyDecoder, limit),
+        service.check_policy,
+        partial(policy_reply, failure_reply=failure_reply),
+    )
+
+
+class Endpoint:
+    """A running endpoint: listener, open connections and REST client."""
+
+    def __init__(self, config: EndpointConfig, user_agent: str) -> None:
+        self.config = config
+        self._backend = RestBackend(config, user_agent)
+        self._exchange = build_exchange(config, EndpointService(config.name, self._backend))
+        self._tracker = ConnectionTracker()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind and listen; an ``OSError`` (port taken, no such address) reaches the caller."""
+        loop = asyncio.get_running_loop()
+        idle = self.config.idle_timeout_seconds
+        self._server = await loop.create_server(
+            lambda: Connection(self._exchange, self._tracker, idle),
+            self.config.bind_address,
+            self.config.bind_port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        log.info(
+            "endpoint %s (%s) listening on %s, asking %s",
+            self.config.name,
+            self.config.mode,
+            ", ".join(f"{host}:{port}" for host, port in self.addresses),
+            self.config.target,
+        )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound addresses (the real port when the config said 0)."""
+        if self._server is None:
+            return []
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, answer what was received, close; then release the REST client."""
+        if self._server is not None:
+            self._server.close()
+        await self._tracker.drain(grace)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self._backend.close()

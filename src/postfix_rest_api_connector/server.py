@@ -1,0 +1,69 @@
+"""The daemon: start every endpoint, wait for a signal, drain and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .config import Config
+from .endpoint import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """An endpoint could not start (usually: its port is taken); nothing is left running."""
+
+
+class Daemon:
+    """All endpoints of one config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.endpoints = [Endpoint(endpoint, config.user_agent) for endpoint in config.endpoints]
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        for index, endpoint in enumerate(self.endpoints):
+            try:
+                await endpoint.start()
+            except OSError as error:
+                await self.stop()
+                where = f"{endpoint.config.bind_address}:{endpoint.config.bind_port}"
+                raise StartupError(
+                    f"endpoints[{index}] ({endpoint.config.name}): cannot listen on {where}:"
+                    f" {error.strerror or error}"
+                ) from None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        await self.start()
+        await self.serve()
+
+    async def serve(self) -> None:
+        """Serve started endpoints until SIGTERM or SIGINT, then drain; a second signal aborts."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            await self._stop.wait()
+            log.info("stopping: answering requests already received, then closing")
+            await self.stop()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        log.info("stopped")
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stop.is_set():
+            log.warning("second %s: exiting without waiting", signal.Signals(signum).name)
+            raise SystemExit(1)
+        log.info("received %s", signal.Signals(signum).name)
+        self._stop.set()
+
+    async def stop(self) -> None:
+        timeout = self.config.shutdown_timeout / 1000
+        await asyncio.gather(*(endpoint.stop(timeout) for endpoint in self.endpoints))
