@@ -8,6 +8,7 @@ Keys and attributes are percent-encoded from their raw bytes here and nowhere el
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from urllib.parse import quote_from_bytes, quote_plus
 
@@ -28,6 +29,8 @@ from .model import (
 )
 
 _FORM = "application/x-www-form-urlencoded"
+_ACTION_WORD = re.compile(r"[A-Za-z0-9_]+(?:\s|$)")
+"""access(5) actions start with a word (``REJECT``, ``DUNNO``) or an SMTP code; JSON, HTML don't."""
 _POOL_IDLE_PER_HOST = 1024
 """Enough idle keep-alive connections that steady load opens no new ones."""
 
@@ -82,6 +85,8 @@ def policy_outcome(status: int, body: bytes) -> Outcome:
         text = text[7:].strip()
     if not text or "\n" in text or "\r" in text:
         return TemporaryError("API answered with an empty or multi-line policy action")
+    if not _ACTION_WORD.match(text):
+        return TemporaryError("API answered with text that does not start with an action word")
     return Found(text)
 
 

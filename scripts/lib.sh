@@ -1,0 +1,50 @@
+# Shared by scripts/demo.sh and scripts/test.sh: a virtual environment and Debian's Postfix.
+# Sourced, not run. Works on a fresh Debian machine with Python >= 3.11, as root or with sudo.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${VENV:-$ROOT/.venv}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+pick_python() {
+    for candidate in python3.13 python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 \
+            && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "no Python >= 3.11 found: install python3 (Debian bookworm ships 3.11)" >&2
+    return 1
+}
+
+# ensure_venv EXTRA: create $VENV if needed and install the project (with extras EXTRA, if any).
+ensure_venv() {
+    local python extra=${1:-}
+    python=$(pick_python)
+    if [ ! -x "$VENV/bin/python" ]; then
+        if ! "$python" -m venv "$VENV" 2>/dev/null; then
+            rm -rf "$VENV"
+            apt_install python3-venv
+            "$python" -m venv "$VENV"
+        fi
+    fi
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${extra:+[$extra]}"
+}
+
+# ensure_postfix: Debian's postfix with "No configuration", so no system instance starts.
+ensure_postfix() {
+    if command -v postmap >/dev/null 2>&1 && [ -x /usr/lib/postfix/sbin/master ]; then
+        return 0
+    fi
+    echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+    apt_install postfix
+}
