@@ -93,10 +93,13 @@ class Endpoint:
             return []
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting, answer what was received, close; then release the REST client."""
+    def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, answer what was received, close; then release the REST client."""
+        self.stop_accepting()
         await self._tracker.drain(grace)
         if self._server is not None:
             await self._server.wait_closed()

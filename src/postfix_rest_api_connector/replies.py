@@ -8,11 +8,14 @@ from __future__ import annotations
 from .codecs import UnsendableReply, policy, socketmap, tcp_table
 from .model import Found, NotFound, Outcome, PermanentError, TemporaryError, Timeout
 
+_EMPTY_VALUE = "empty value"
+"""Both protocols would turn an empty found value into a warning or a miss: send an error."""
+
 
 def tcp_table_reply(outcome: Outcome) -> bytes:
     """tcp_table has no permanent-error code: every failure is ``400``."""
     match outcome:
-        case Found(value):
+        case Found(value) if value:
             try:
                 return tcp_table.encode_reply(200, value)
             except UnsendableReply:
@@ -21,11 +24,13 @@ def tcp_table_reply(outcome: Outcome) -> bytes:
             return tcp_table.encode_reply(500, "not found")
         case TemporaryError(reason) | PermanentError(reason) | Timeout(reason):
             return tcp_table.encode_reply(400, reason[:200])
+        case Found():
+            return tcp_table.encode_reply(400, _EMPTY_VALUE)
 
 
 def socketmap_reply(outcome: Outcome) -> bytes:
     match outcome:
-        case Found(value):
+        case Found(value) if value:
             try:
                 return socketmap.encode_reply(b"OK", value)
             except UnsendableReply:
@@ -38,6 +43,8 @@ def socketmap_reply(outcome: Outcome) -> bytes:
             return socketmap.encode_reply(b"PERM", reason[:200])
         case Timeout(reason):
             return socketmap.encode_reply(b"TIMEOUT", reason[:200])
+        case Found():
+            return socketmap.encode_reply(b"TEMP", _EMPTY_VALUE)
 
 
 def policy_reply(outcome: Outcome, failure_reply: bytes) -> bytes:

@@ -65,5 +65,8 @@ class Daemon:
         self._stop.set()
 
     async def stop(self) -> None:
+        """Close every listener at once, then drain each endpoint's connections."""
+        for endpoint in self.endpoints:
+            endpoint.stop_accepting()
         timeout = self.config.shutdown_timeout / 1000
         await asyncio.gather(*(endpoint.stop(timeout) for endpoint in self.endpoints))

@@ -1,0 +1,539 @@
+"""Policy delegation end to end: a real Postfix smtpd asks the running connector per recipient.
+
+Each test starts a private Postfix ``master`` in a short directory under /tmp. Its smtpd listens on
+a free loopback port and has ``check_policy_service`` pointing at the connector; recipients it
+accepts are proxied (``smtpd_proxy_filter``) to a small SMTP sink run by the test, so no queue
+manager is needed. The test talks SMTP to that smtpd and checks the replies and what the API got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from aiohttp import web
+
+from conftest import FakeApi, SeenRequest, endpoint_address, endpoint_config, running_connector
+
+pytestmark = pytest.mark.postfix
+
+MASTER = Path("/usr/lib/postfix/sbin/master")
+INSTALL_HINT = (
+    "install Debian's postfix: echo 'postfix postfix/main_mailer_type select No configuration'"
+    " | debconf-set-selections && DEBIAN_FRONTEND=noninteractive apt-get install -y"
+    " --no-install-recommends postfix"
+)
+STARTUP_DEADLINE = 15.0
+SMTP_DEADLINE = 30.0
+"""Bounds one SMTP reply; smtpd's own policy timeout below is shorter, so a hang is diagnosable."""
+
+CLIENT_ADDRESS = "192.0.2.1"
+"""Set through XCLIENT, so that client_address is something only Postfix could have sent."""
+
+POLICY_ATTRIBUTES = [
+    "request",
+    "protocol_state",
+    "protocol_name",
+    "client_address",
+    "client_name",
+    "client_port",
+    "reverse_client_name",
+    "server_address",
+    "server_port",
+    "helo_name",
+    "sender",
+    "recipient",
+    "recipient_count",
+    "queue_id",
+    "instance",
+    "size",
+    "etrn_domain",
+    "stress",
+    "sasl_method",
+    "sasl_username",
+    "sasl_sender",
+    "ccert_subject",
+    "ccert_issuer",
+    "ccert_fingerprint",
+    "ccert_pubkey_fingerprint",
+    "encryption_protocol",
+    "encryption_cipher",
+    "encryption_keysize",
+    "policy_context",
+]
+"""What Postfix 3.7's smtpd sends, in its order."""
+
+
+# --- the SMTP sink behind smtpd_proxy_filter ---------------------------------------------------
+
+
+@dataclass
+class SmtpSink:
+    """Answers whatever smtpd's proxy says, and records the commands."""
+
+    commands: list[str] = field(default_factory=list)
+    address: tuple[str, int] = ("", 0)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"220 sink.test ESMTP\r\n")
+            while line := await reader.readline():
+                command = line.decode("utf-8", "replace").rstrip("\r\n")
+                self.commands.append(command)
+                verb = command.split(" ", 1)[0].upper()
+                if verb == "QUIT":
+                    writer.write(b"221 2.0.0 bye\r\n")
+                    break
+                if verb == "DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    while await reader.readline() not in {b".\r\n", b""}:
+                        pass
+                writer.write(b"250 2.0.0 ok\r\n")
+                await writer.drain()
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def recipients(self) -> list[str]:
+        return [c[len("RCPT TO:") :] for c in self.commands if c.upper().startswith("RCPT TO:")]
+
+
+@pytest.fixture
+async def smtp_sink() -> AsyncIterator[SmtpSink]:
+    sink = SmtpSink()
+    server = await asyncio.start_server(sink.serve, "127.0.0.1", 0)
+    sink.address = server.sockets[0].getsockname()[:2]
+    async with server:
+        yield sink
+        server.close()
+
+
+# --- a private Postfix master with one smtpd ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrivatePostfix:
+    directory: Path
+    address: tuple[str, int]
+
+    def log(self) -> str:
+        """Postfix's own log and master's stderr, for assertion messages."""
+        parts = []
+        for name in ("maillog", "master.out"):
+            path = self.directory / name
+            text = path.read_text("utf-8", "replace") if path.exists() else "(none)"
+            parts.append(f"--- {name} ---\n{text}")
+        return "\n".join(parts)
+
+
+def free_port() -> int:
+    """A free loopback port for master.cf (master binds it itself, so it is released first)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_settled(path: Path, text: str) -> None:
+    """Postfix re-reads a config file changed in the last seconds until it settles: date it back."""
+    path.write_text(text, encoding="utf-8")
+    settled = time.time() - 60
+    os.utime(path, (settled, settled))
+
+
+def new_instance_directory() -> Path:
+    """Short and world-traversable: Postfix's unix socket paths are limited in length, and its
+    daemons run as user postfix (pytest's tmp_path is under a directory only root may enter)."""
+    directory = Path(tempfile.mkdtemp(prefix="pf", dir="/tmp"))
+    directory.chmod(0o755)
+    return directory
+
+
+def make_instance(
+    directory: Path, smtpd_port: int, policy: tuple[str, int], sink: tuple[str, int]
+) -> None:
+    etc, queue, data = directory / "etc", directory / "q", directory / "data"
+    for path in (etc, queue, queue / "pid", queue / "private", queue / "public", data):
+        path.mkdir()
+    for path in (queue / "private", queue / "public", data):
+        shutil.chown(path, user="postfix", group="postfix")
+    write_settled(
+        etc / "main.cf",
+        f"""\
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+maillog_file = {directory}/maillog
+maillog_file_prefixes = {directory}
+myhostname = mx.test.example
+mydomain = test.example
+inet_protocols = ipv4
+inet_interfaces = 127.0.0.1
+mynetworks = 127.0.0.0/8, {CLIENT_ADDRESS}/32
+smtpd_authorized_xclient_hosts = 127.0.0.0/8
+local_recipient_maps =
+alias_maps =
+smtpd_reject_unlisted_recipient = no
+smtpd_reject_unlisted_sender = no
+smtpd_client_connection_count_limit = 0
+smtpd_relay_restrictions =
+smtpd_recipient_restrictions =
+    check_policy_service inet:{policy[0]}:{policy[1]},
+    permit_mynetworks,
+    reject
+smtpd_policy_service_timeout = 10s
+smtpd_proxy_filter = {sink[0]}:{sink[1]}
+""",
+    )
+    write_settled(
+        etc / "master.cf",
+        f"""\
+127.0.0.1:{smtpd_port} inet n - n - - smtpd
+rewrite unix - - n - - trivial-rewrite
+postlog unix-dgram n - n - 1 postlogd
+""",
+    )
+
+
+async def smtpd_answers(address: tuple[str, int]) -> bool:
+    """One probe: does a real smtpd greet with 220 on ``address``?"""
+    try:
+        reader, writer = await asyncio.open_connection(*address)
+    except OSError:
+        return False
+    try:
+        greeting = await asyncio.wait_for(reader.readline(), 5)
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        return greeting.startswith(b"220 ")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def wait_until_serving(process: asyncio.subprocess.Process, instance: PrivatePostfix) -> None:
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    while not await smtpd_answers(instance.address):
+        if process.returncode is not None:
+            pytest.fail(f"postfix master exited with {process.returncode}\n{instance.log()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"smtpd did not answer within {STARTUP_DEADLINE} s\n{instance.log()}")
+        await asyncio.sleep(0.05)
+
+
+async def stop_master(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+StartSmtpd = Callable[[tuple[str, int]], AbstractAsyncContextManager[PrivatePostfix]]
+
+
+@pytest.fixture
+def start_smtpd(smtp_sink: SmtpSink) -> StartSmtpd:
+    """``async with start_smtpd(policy_address) as postfix``: a private master and its smtpd."""
+    if not os.access(MASTER, os.X_OK) or shutil.which("postconf", path="/usr/sbin") is None:
+        pytest.fail(f"{MASTER} not found: {INSTALL_HINT}")
+    if os.geteuid() != 0:
+        pytest.fail("the private Postfix master must run as root (it drops to user postfix)")
+
+    @asynccontextmanager
+    async def start(policy: tuple[str, int]) -> AsyncIterator[PrivatePostfix]:
+        directory = new_instance_directory()
+        try:
+            instance = PrivatePostfix(directory, ("127.0.0.1", free_port()))
+            make_instance(directory, instance.address[1], policy, smtp_sink.address)
+            with (directory / "master.out").open("wb") as output:
+                process = await asyncio.create_subprocess_exec(
+                    str(MASTER),
+                    "-c",
+                    str(directory / "etc"),
+                    "-d",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                )
+            try:
+                await wait_until_serving(process, instance)
+                yield instance
+            finally:
+                await stop_master(process)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    return start
+
+
+# --- an SMTP client --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmtpReply:
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+class SmtpClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def reply(self) -> SmtpReply:
+        lines: list[str] = []
+        while True:
+            line = await asyncio.wait_for(self._reader.readline(), SMTP_DEADLINE)
+            if not line:
+                raise ConnectionError(f"smtpd closed the connection after {lines!r}")
+            text = line.decode("utf-8").rstrip("\r\n")
+            lines.append(text[4:])
+            if text[3:4] != "-":
+                return SmtpReply(int(text[:3]), "\n".join(lines))
+
+    async def command(self, line: str) -> SmtpReply:
+        self._writer.write(line.encode("utf-8") + b"\r\n")
+        await self._writer.drain()
+        return await self.reply()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+@asynccontextmanager
+async def smtp_session(
+    postfix: PrivatePostfix, helo: str = "client.test.example", sender: str = "from@example.org"
+) -> AsyncIterator[SmtpClient]:
+    """Connected, XCLIENT-ed to ``CLIENT_ADDRESS``, EHLO and MAIL FROM done."""
+    client = SmtpClient(*await asyncio.open_connection(*postfix.address))
+    try:
+        steps = [
+            (None, 220),
+            ("EHLO probe.test.example", 250),
+            (f"XCLIENT ADDR={CLIENT_ADDRESS}", 220),
+            (f"EHLO {helo}", 250),
+            (f"MAIL FROM:<{sender}>", 250),
+        ]
+        for line, expected in steps:
+            reply = await (client.reply() if line is None else client.command(line))
+            assert reply.code == expected, f"{line}: {reply}\n{postfix.log()}"
+        yield client
+        await client.command("QUIT")
+    finally:
+        await client.close()
+
+
+# --- helpers for the API side ----------------------------------------------------------------
+
+
+def policy_endpoint(api: FakeApi, **extra: Any) -> dict[str, Any]:
+    return endpoint_config("policy", f"{api.url}/policy", **extra)
+
+
+def form_fields(seen: SeenRequest) -> list[tuple[str, str]]:
+    """The POSTed form, decoded strictly: any stray '&' or '=' would change the field list."""
+    assert seen.method == "POST"
+    assert seen.path == "/policy"
+    assert seen.headers.get("Content-Type") == "application/x-www-form-urlencoded"
+    assert seen.headers.get("X-Auth-Token") == "s3cret-token"
+    return parse_qsl(
+        seen.body.decode("ascii"), keep_blank_values=True, strict_parsing=True, errors="strict"
+    )
+
+
+def answer_by_recipient(
+    api: FakeApi, answers: dict[str, Callable[[], web.StreamResponse]], slow: Collection[str] = ()
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        recipient = dict(parse_qsl((await request.read()).decode("ascii")))["recipient"]
+        if recipient in slow:
+            await asyncio.sleep(5)
+        return answers[recipient]()
+
+    api.handler = handler
+
+
+def text(body: str, status: int = 200) -> Callable[[], web.StreamResponse]:
+    return lambda: web.Response(text=body, status=status)
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+async def test_api_decides_per_recipient_in_one_session(
+    api: FakeApi, start_smtpd: StartSmtpd, smtp_sink: SmtpSink
+) -> None:
+    answer_by_recipient(
+        api,
+        {
+            "reject@example.net": text("action=REJECT Not welcome here"),
+            "dunno@example.net": text("DUNNO"),
+            "defer@example.net": text("action=DEFER_IF_PERMIT Greylisted, try later\n"),
+            "ok@example.net": text("OK"),
+            "code@example.net": text("action=550 5.1.1 No such mailbox"),
+        },
+    )
+    async with (
+        running_connector(policy_endpoint(api)) as daemon,
+        start_smtpd(endpoint_address(daemon)) as postfix,
+        smtp_session(postfix, sender="sender+tag@example.org") as smtp,
+    ):
+        replies = {
+            rcpt: await smtp.command(f"RCPT TO:<{rcpt}>")
+            for rcpt in [
+                "reject@example.net",
+                "dunno@example.net",
+                "defer@example.net",
+                "ok@example.net",
+                "code@example.net",
+            ]
+        }
+        log = postfix.log()
+
+    shown = "\n".join(f"{rcpt}: {reply}" for rcpt, reply in replies.items()) + "\n" + log
+    assert replies["reject@example.net"].code == 554, shown
+    assert replies["reject@example.net"].text.startswith("5.7.1 "), shown
+    assert replies["reject@example.net"].text.endswith("Not welcome here"), shown
+    assert replies["dunno@example.net"].code == 250, shown
+    assert replies["defer@example.net"].code == 450, shown
+    assert replies["defer@example.net"].text.startswith("4.7.1 "), shown
+    assert replies["defer@example.net"].text.endswith("Greylisted, try later"), shown
+    assert replies["ok@example.net"].code == 250, shown
+    assert replies["code@example.net"].code == 550, shown
+    assert replies["code@example.net"].text.startswith("5.1.1 "), shown
+    # Only what the policy let through went on towards the queue.
+    assert smtp_sink.recipients == ["<dunno@example.net>", "<ok@example.net>"]
+
+    # One form POST per recipient, in order, with every attribute smtpd sent.
+    assert len(api.seen) == 5, shown
+    forms = [dict(form_fields(seen)) for seen in api.seen]
+    assert [form["recipient"] for form in forms] == list(replies)
+    for seen, form in zip(api.seen, forms, strict=True):
+        assert [name for name, _ in form_fields(seen)] == POLICY_ATTRIBUTES
+        assert form["request"] == "smtpd_access_policy"
+        assert form["protocol_state"] == "RCPT"
+        assert form["protocol_name"] == "ESMTP"
+        assert form["client_address"] == CLIENT_ADDRESS
+        assert form["helo_name"] == "client.test.example"
+        assert form["sender"] == "sender+tag@example.org"
+        assert form["server_port"] == str(postfix.address[1])
+    # All five belong to the one mail transaction of this session.
+    assert len({form["instance"] for form in forms}) == 1
+
+
+async def test_helo_name_with_ampersand_and_equals_stays_one_field(
+    api: FakeApi, start_smtpd: StartSmtpd
+) -> None:
+    helo = "mx&recipient=stolen.example&sender=x=y%26z+w"
+    api.answer_text("action=DUNNO")
+    async with (
+        running_connector(policy_endpoint(api)) as daemon,
+        start_smtpd(endpoint_address(daemon)) as postfix,
+        smtp_session(postfix, helo=helo) as smtp,
+    ):
+        reply = await smtp.command("RCPT TO:<victim@example.net>")
+        log = postfix.log()
+    assert reply.code == 250, f"{reply}\n{log}"
+    assert len(api.seen) == 1, log
+    fields = form_fields(api.seen[0])
+    assert [name for name, _ in fields] == POLICY_ATTRIBUTES
+    form = dict(fields)
+    assert form["helo_name"] == helo
+    assert form["recipient"] == "victim@example.net"
+    assert form["sender"] == "from@example.org"
+
+
+async def test_api_failures_defer_and_never_accept(
+    api: FakeApi, start_smtpd: StartSmtpd, smtp_sink: SmtpSink
+) -> None:
+    """Every way the API can fail gives the default failure action: 450, never 250."""
+    answer_by_recipient(
+        api,
+        {
+            "http500@example.net": text("oops", status=500),
+            "http403@example.net": text("forbidden", status=403),
+            "slow@example.net": text("DUNNO"),
+            "multiline@example.net": text("action=DUNNO\naction=OK"),
+            "empty@example.net": text(""),
+            "after@example.net": text("DUNNO"),
+        },
+        slow={"slow@example.net"},
+    )
+    failing = [
+        "http500@example.net",
+        "http403@example.net",
+        "slow@example.net",
+        "multiline@example.net",
+        "empty@example.net",
+    ]
+    async with (
+        running_connector(policy_endpoint(api, **{"request-timeout": 300})) as daemon,
+        start_smtpd(endpoint_address(daemon)) as postfix,
+        smtp_session(postfix) as smtp,
+    ):
+        replies = {rcpt: await smtp.command(f"RCPT TO:<{rcpt}>") for rcpt in failing}
+        # The connection to the connector is still good after all that.
+        after = await smtp.command("RCPT TO:<after@example.net>")
+        log = postfix.log()
+
+    shown = "\n".join(f"{rcpt}: {reply}" for rcpt, reply in replies.items()) + "\n" + log
+    for reply in replies.values():
+        assert reply.code == 450, shown
+        assert reply.text.startswith("4.7.1 "), shown
+        assert reply.text.endswith("Service temporarily unavailable"), shown
+    assert after.code == 250, f"{after}\n{log}"
+    assert smtp_sink.recipients == ["<after@example.net>"]
+    assert [dict(form_fields(seen))["recipient"] for seen in api.seen] == [
+        *failing,
+        "after@example.net",
+    ]
+
+
+async def test_unreachable_api_gives_the_configured_failure_action(
+    start_smtpd: StartSmtpd, smtp_sink: SmtpSink
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as refusing:
+        refusing.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        port = refusing.getsockname()[1]
+        endpoint = endpoint_config(
+            "policy",
+            f"http://127.0.0.1:{port}/policy",
+            **{"failure-action": "451 4.3.0 Policy API unavailable"},
+        )
+        async with (
+            running_connector(endpoint) as daemon,
+            start_smtpd(endpoint_address(daemon)) as postfix,
+            smtp_session(postfix) as smtp,
+        ):
+            reply = await smtp.command("RCPT TO:<someone@example.net>")
+            log = postfix.log()
+    assert reply.code == 451, f"{reply}\n{log}"
+    assert reply.text.startswith("4.3.0 "), f"{reply}\n{log}"
+    assert reply.text.endswith("Policy API unavailable"), f"{reply}\n{log}"
+    assert smtp_sink.recipients == []

@@ -1,0 +1,331 @@
+"""Connection handling over real sockets: framing across reads, order, limits, idle, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+
+import pytest
+from aiohttp import web
+
+from conftest import FakeApi, endpoint_address, endpoint_config, running_connector
+from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
+
+FAILURE = f"action={DEFAULT_FAILURE_ACTION}\n\n".encode()
+
+
+def echo_key(api: FakeApi) -> None:
+    """The API answers each lookup with its own key, so misrouted answers show."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response([f"value-of-{request.query['key']}"])
+
+    api.handler = handler
+
+
+@asynccontextmanager
+async def connected(
+    address: tuple[str, int],
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A client connection that is closed however the test ends."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def netstring(text: str) -> bytes:
+    return b"%d:%s," % (len(text.encode()), text.encode())
+
+
+async def read_all(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+REQUESTS = {
+    "tcp-lookup": (
+        b"get one\nget two%20words\nget three\n",
+        b"200 value-of-one\n200 value-of-two%20words\n200 value-of-three\n",
+    ),
+    "socketmap-lookup": (
+        b"7:map one,13:map two words,9:map three,",
+        b"15:OK value-of-one,21:OK value-of-two words,17:OK value-of-three,",
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", list(REQUESTS))
+@pytest.mark.parametrize("chunk", [1, 3, 16, 4096])
+async def test_requests_split_and_coalesced_are_each_answered_in_order(
+    api: FakeApi, mode: str, chunk: int
+) -> None:
+    echo_key(api)
+    payload, expected = REQUESTS[mode]
+    async with (
+        running_connector(endpoint_config(mode, api.url)) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        reader, writer = await stack.enter_async_context(connected(address))
+        for start in range(0, len(payload), chunk):
+            writer.write(payload[start : start + chunk])
+            await writer.drain()
+        writer.write_eof()
+        assert await read_all(reader) == expected
+    assert [seen.query["key"] for seen in api.seen] == ["one", "two words", "three"]
+
+
+async def test_policy_requests_split_bytewise_and_pipelined(api: FakeApi) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        return web.Response(text=f"action=REJECT {form.getone('recipient')!s}")
+
+    api.handler = handler
+    one = b"request=smtpd_access_policy\nrecipient=a@x\n\n"
+    two = b"request=smtpd_access_policy\nrecipient=b@x\n\n"
+    async with (
+        running_connector(endpoint_config("policy", api.url)) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        reader, writer = await stack.enter_async_context(connected(address))
+        for byte in one:
+            writer.write(bytes((byte,)))
+            await writer.drain()
+        assert await reader.readuntil(b"\n\n") == b"action=REJECT a@x\n\n"
+        writer.write(two + one)
+        writer.write_eof()
+        assert await read_all(reader) == b"action=REJECT b@x\n\naction=REJECT a@x\n\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "bad", "bad_reply"),
+    [
+        ("tcp-lookup", b"put k v\n", b"400 malformed%20request:%20unsupported%20command"),
+        ("tcp-lookup", b"get bad%zzescape\n", b"400 malformed%20request:%20bad%20%25XX"),
+        ("tcp-lookup", b"get \n", b"400 malformed%20request:%20empty%20key\n"),
+        (
+            "socketmap-lookup",
+            b"7:nospace,",
+            netstring("PERM malformed request: expected 'NAME KEY'"),
+        ),
+        ("socketmap-lookup", b"4:map ,", netstring("PERM malformed request: empty key")),
+        ("policy", b"no equals sign\n\n", FAILURE),
+        ("policy", b"a=1\na=2\n\n", FAILURE),
+    ],
+    ids=repr,
+)
+async def test_malformed_request_gets_an_error_and_the_connection_goes_on(
+    api: FakeApi, mode: str, bad: bytes, bad_reply: bytes
+) -> None:
+    api.answer_json(["fine"]) if mode != "policy" else api.answer_text("DUNNO")
+    good, good_reply = {
+        "tcp-lookup": (b"get k\n", b"200 fine\n"),
+        "socketmap-lookup": (b"5:map k,", b"7:OK fine,"),
+        "policy": (b"recipient=r\n\n", b"action=DUNNO\n\n"),
+    }[mode]
+    async with (
+        running_connector(endpoint_config(mode, api.url)) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        reader, writer = await stack.enter_async_context(connected(address))
+        writer.write(bad + good)
+        writer.write_eof()
+        replies = await read_all(reader)
+    assert replies.startswith(bad_reply)
+    assert replies.endswith(good_reply)
+    assert len(api.seen) == 1, "a malformed request must never reach the API"
+
+
+@pytest.mark.parametrize(
+    ("mode", "flood", "reply"),
+    [
+        (
+            "tcp-lookup",
+            b"get " + b"x" * 2000,
+            b"400 malformed%20request:%20request%20line%20longer",
+        ),
+        ("socketmap-lookup", b"5000:", b"PERM malformed request: netstring of 5000 bytes"),
+        ("socketmap-lookup", b"99999999:", b"PERM malformed request: netstring length is too long"),
+        ("socketmap-lookup", b"12x:", b"PERM malformed request: netstring length is not"),
+        ("socketmap-lookup", b"3:a bX", b"PERM malformed request: netstring not terminated"),
+        ("policy", b"name=" + b"v" * 2000, FAILURE),
+    ],
+    ids=repr,
+)
+async def test_framing_errors_get_an_error_reply_then_a_clean_close(
+    api: FakeApi, mode: str, flood: bytes, reply: bytes
+) -> None:
+    config = endpoint_config(mode, api.url, **{"max-request-bytes": 1024})
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        reader, writer = await stack.enter_async_context(connected(address))
+        writer.write(flood)
+        received = await read_all(reader)  # EOF: the connector closed the connection
+        assert reply in received
+        # the listener still serves others
+        api.answer_json(["ok"]) if mode != "policy" else api.answer_text("OK")
+        ok_reader, ok_writer = await stack.enter_async_context(connected(address))
+        ok_writer.write(
+            {"tcp-lookup": b"get k\n", "socketmap-lookup": b"5:map k,"}.get(mode, b"a=b\n\n")
+        )
+        ok_writer.write_eof()
+        assert await read_all(ok_reader) in {b"200 ok\n", b"5:OK ok,", b"action=OK\n\n"}
+    assert not api.seen[:-1], "nothing from the bad connection reached the API"
+
+
+async def test_idle_connection_is_closed_but_a_busy_one_is_not(api: FakeApi) -> None:
+    release = asyncio.Event()
+
+    async def slow(_: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.json_response(["late"])
+
+    api.handler = slow
+    config = endpoint_config("tcp-lookup", api.url, **{"idle-timeout": 1000})
+    config["request-timeout"] = 10_000
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        idle_reader, _ = await stack.enter_async_context(connected(address))
+        busy_reader, busy_writer = await stack.enter_async_context(connected(address))
+        busy_writer.write(b"get k\n")
+        started = time.monotonic()
+        assert await read_all(idle_reader) == b""
+        assert 0.9 < time.monotonic() - started < 3
+        await asyncio.sleep(0.5)  # past the idle timeout while the request is still in flight
+        release.set()
+        assert await busy_reader.readline() == b"200 late\n"
+
+
+async def test_trickling_bytes_do_not_keep_a_connection_open(api: FakeApi) -> None:
+    """Idleness counts whole requests, so a slow-loris client is closed at the idle timeout."""
+    config = endpoint_config("tcp-lookup", api.url, **{"idle-timeout": 1000})
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        reader, writer = await stack.enter_async_context(connected(address))
+        closed = asyncio.create_task(reader.read())
+        started = time.monotonic()
+        for _ in range(25):
+            writer.write(b"x")
+            done, _ = await asyncio.wait({closed}, timeout=0.2)
+            if done:
+                break
+        assert closed.done(), "the connector never closed a trickling connection"
+        assert closed.result() == b""
+        assert time.monotonic() - started < 3
+
+
+async def test_half_closed_client_still_gets_its_answers(api: FakeApi) -> None:
+    api.answer_json(["v"])
+    async with (
+        running_connector(endpoint_config("tcp-lookup", api.url)) as daemon,
+    ):
+        address = endpoint_address(daemon)
+        sock = socket.create_connection(address)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, b"get a\nget b\n")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 4096), 10):
+            received += chunk
+        sock.close()
+    assert received == b"200 v\n200 v\n"
+
+
+async def test_client_leaving_mid_request_does_not_disturb_others(api: FakeApi) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.query["key"] == "slow":
+            entered.set()
+            await release.wait()
+        return web.json_response([request.query["key"]])
+
+    api.handler = handler
+    async with (
+        running_connector(endpoint_config("tcp-lookup", api.url)) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        _, leaving = await stack.enter_async_context(connected(address))
+        leaving.write(b"get slow\n")
+        await entered.wait()
+        leaving.transport.abort()
+        reader, writer = await stack.enter_async_context(connected(address))
+        writer.write(b"get fast\n")
+        assert await asyncio.wait_for(reader.readline(), 10) == b"200 fast\n"
+        release.set()
+
+
+async def test_shutdown_answers_requests_already_received(api: FakeApi) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        entered.set()
+        await release.wait()
+        return web.json_response(["answered"])
+
+    api.handler = handler
+    config = endpoint_config("tcp-lookup", api.url, **{"request-timeout": 10_000})
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        reader, writer = await stack.enter_async_context(connected(address))
+        writer.write(b"get k1\nget k2\n")
+        await entered.wait()
+        stopping = asyncio.create_task(daemon.stop())
+        await asyncio.sleep(0)  # let stop() close the listener
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(*address)
+        release.set()
+        assert await read_all(reader) == b"200 answered\n200 answered\n"
+        await asyncio.wait_for(stopping, 5)
+
+
+async def test_shutdown_deadline_aborts_what_never_finishes(api: FakeApi) -> None:
+    entered = asyncio.Event()
+
+    async def never(_: web.Request) -> web.StreamResponse:
+        entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    api.handler = never
+    config = endpoint_config("tcp-lookup", api.url, **{"request-timeout": 60_000})
+    async with (
+        running_connector(config, **{"shutdown-timeout": 200}) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        reader, writer = await stack.enter_async_context(connected(address))
+        writer.write(b"get k\n")
+        await entered.wait()
+        started = time.monotonic()
+        await daemon.stop()
+        assert time.monotonic() - started < 2
+        try:
+            received = await read_all(reader)
+        except ConnectionResetError:
+            received = b""
+        assert received == b"", "an aborted request gets no answer at all, not a wrong one"
