@@ -34,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
         help="run a built-in sample REST API with one endpoint of each mode (no config needed)",
     )
     parser.add_argument(
+        "--demo-base-port",
+        type=int,
+        default=demo.BASE_PORT,
+        metavar="PORT",
+        help=f"demo: tcp on PORT, socketmap on PORT+1, policy on PORT+2 (default {demo.BASE_PORT};"
+        " 0 picks free ports)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("LOG_LEVEL", "INFO"),
         type=str.upper,
@@ -48,12 +56,13 @@ async def _serve(config: Config) -> None:
     await Daemon(config).run()
 
 
-async def _serve_demo() -> None:
+async def _serve_demo(base_port: int) -> None:
     runner, api_url = await demo.start_api()
     try:
-        daemon = Daemon(parse_config(demo.demo_config(api_url)))
+        daemon = Daemon(parse_config(demo.demo_config(api_url, base_port)))
         await daemon.start()
-        print(demo.try_it(api_url), flush=True)
+        ports = tuple(endpoint.addresses[0][1] for endpoint in daemon.endpoints)
+        print(demo.try_it(api_url, (ports[0], ports[1], ports[2])), flush=True)
         await daemon.serve()
     finally:
         await runner.cleanup()
@@ -65,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo == (args.config is not None):
         _parser().error("give either a CONFIG path or --demo")
     try:
-        coroutine = _serve_demo() if args.demo else _serve(load_config(args.config))
+        coroutine = (
+            _serve_demo(args.demo_base_port) if args.demo else _serve(load_config(args.config))
+        )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(coroutine)
     except ConfigError as error:
