@@ -329,3 +329,83 @@ async def test_shutdown_deadline_aborts_what_never_finishes(api: FakeApi) -> Non
         except ConnectionResetError:
             received = b""
         assert received == b"", "an aborted request gets no answer at all, not a wrong one"
+
+
+@pytest.mark.parametrize(
+    ("mode", "refusal"),
+    [
+        ("tcp-lookup", b"400 too%20many%20connections\n"),
+        ("socketmap-lookup", netstring("TEMP too many connections")),
+        ("policy", FAILURE),
+    ],
+)
+async def test_connections_past_max_connections_get_a_temporary_error_and_close(
+    api: FakeApi, mode: str, refusal: bytes
+) -> None:
+    api.answer_json(["v"]) if mode != "policy" else api.answer_text("DUNNO")
+    config = endpoint_config(mode, api.url, **{"max-connections": 2})
+    request = {"tcp-lookup": b"get k\n", "socketmap-lookup": b"5:map k,"}.get(mode, b"a=b\n\n")
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        address = endpoint_address(daemon)
+        first, first_writer = await stack.enter_async_context(connected(address))
+        second, second_writer = await stack.enter_async_context(connected(address))
+        for reader, writer in ((first, first_writer), (second, second_writer)):
+            writer.write(request)  # both are accepted and served before the third arrives
+            assert await asyncio.wait_for(reader.read(100), 10) != b""
+        third, _ = await stack.enter_async_context(connected(address))
+        assert await read_all(third) == refusal
+        first_writer.close()
+        await first_writer.wait_closed()
+        assert await read_all(first) == b""
+        for _ in range(100):  # the slot frees once the connector sees the close
+            fourth, fourth_writer = await stack.enter_async_context(connected(address))
+            fourth_writer.write(request)
+            if (reply := await asyncio.wait_for(fourth.read(100), 10)) != refusal:
+                break
+        assert reply not in {b"", refusal}
+
+
+@pytest.mark.parametrize(
+    ("mode", "partial", "reply"),
+    [
+        ("tcp-lookup", b"get slow", b"400 request%20not%20completed%20within%20read-timeout\n"),
+        (
+            "socketmap-lookup",
+            b"20:map slo",
+            netstring("TEMP request not completed within read-timeout"),
+        ),
+        ("policy", b"recipient=a@b\n", FAILURE),
+    ],
+)
+async def test_a_started_request_must_finish_within_read_timeout(
+    api: FakeApi, mode: str, partial: bytes, reply: bytes
+) -> None:
+    config = endpoint_config(mode, api.url, **{"read-timeout": 300})
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        reader, writer = await stack.enter_async_context(connected(endpoint_address(daemon)))
+        started = time.monotonic()
+        writer.write(partial)
+        assert await read_all(reader) == reply
+        assert 0.25 < time.monotonic() - started < 2
+    assert not api.seen
+
+
+async def test_binding_beyond_loopback_logs_a_warning(
+    api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = endpoint_config("tcp-lookup", api.url, **{"bind-address": "0.0.0.0"})
+    with caplog.at_level("WARNING"):
+        async with running_connector(config):
+            pass
+    assert "listens on non-loopback 0.0.0.0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        async with running_connector(endpoint_config("tcp-lookup", api.url)):
+            pass
+    assert "non-loopback" not in caplog.text

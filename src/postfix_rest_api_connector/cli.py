@@ -58,12 +58,13 @@ async def _serve(config: Config) -> None:
 
 async def _serve_demo(base_port: int) -> None:
     runner, api_url = await demo.start_api()
+
+    def announce(daemon: Daemon) -> None:
+        tcp, socketmap, policy = (endpoint.addresses[0][1] for endpoint in daemon.endpoints)
+        print(demo.try_it(api_url, (tcp, socketmap, policy)), flush=True)
+
     try:
-        daemon = Daemon(parse_config(demo.demo_config(api_url, base_port)))
-        await daemon.start()
-        ports = tuple(endpoint.addresses[0][1] for endpoint in daemon.endpoints)
-        print(demo.try_it(api_url, (ports[0], ports[1], ports[2])), flush=True)
-        await daemon.serve()
+        await Daemon(parse_config(demo.demo_config(api_url, base_port))).run(announce)
     finally:
         await runner.cleanup()
 

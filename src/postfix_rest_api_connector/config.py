@@ -93,6 +93,8 @@ class EndpointConfig(BaseModel):
     request_timeout: Milliseconds = Field(2000, alias="request-timeout", ge=1, le=600_000)
     list_separator: str = Field(",", alias="list-separator")
     idle_timeout: Milliseconds = Field(600_000, alias="idle-timeout", ge=1_000, le=86_400_000)
+    read_timeout: Milliseconds = Field(10_000, alias="read-timeout", ge=100, le=600_000)
+    max_connections: int = Field(2048, alias="max-connections", ge=1, le=1_000_000)
     failure_action: Annotated[str, AfterValidator(_check_failure_action)] = Field(
         DEFAULT_FAILURE_ACTION, alias="failure-action"
     )
@@ -106,14 +108,6 @@ class EndpointConfig(BaseModel):
     @classmethod
     def _path_from_string(cls, value: object) -> object:
         return Path(value) if isinstance(value, str) else value
-
-    @property
-    def request_timeout_seconds(self) -> float:
-        return self.request_timeout / 1000
-
-    @property
-    def idle_timeout_seconds(self) -> float:
-        return self.idle_timeout / 1000
 
 
 class Config(BaseModel):

@@ -2,8 +2,8 @@
 
 Postfix keeps a connection for many requests and sends the next only after the reply, but a request
 may arrive split over reads or several in one read; the codec sorts that out and this loop answers
-them one at a time, in order. Limits live here: pipelined requests waiting, write backpressure,
-the idle timeout, and the drain on shutdown.
+them one at a time, in order. Limits live here: connections per listener, pipelined requests
+waiting, write backpressure, the idle timeout, the read deadline, and the drain on shutdown.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from .codecs import Decoder, FramingError
-from .model import LookupRequest, Malformed, PolicyRequest
+from .model import (
+    LookupRequest,
+    Malformed,
+    Outcome,
+    PermanentError,
+    PolicyRequest,
+    TemporaryError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +39,24 @@ class Exchange:
 
     new_decoder: Callable[[], Decoder]
     answer: Callable[[Request], Coroutine[Any, Any, bytes]]
-    reject: Callable[[str], bytes]
-    """The error reply sent before closing a connection whose framing is lost."""
+    reply: Callable[[Outcome], bytes]
+    """The mode's reply table, for errors the connection itself detects."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-listener limits, in seconds and counts."""
+
+    idle_timeout: float
+    read_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True, slots=True)
 class _Fatal:
-    reason: str
+    """Answer with this error, then close: framing is lost or the client is too slow."""
+
+    error: PermanentError | TemporaryError
 
 
 class ConnectionTracker:
@@ -58,6 +76,9 @@ class ConnectionTracker:
         if not self.open:
             self._all_closed.set()
 
+    async def wait_all_closed(self) -> None:
+        await self._all_closed.wait()
+
     async def drain(self, grace: float) -> None:
         """Answer what each connection has received, then close; abort the rest after ``grace``."""
         for connection in list(self.open):
@@ -73,11 +94,12 @@ class ConnectionTracker:
 class Connection(asyncio.Protocol):
     """One client connection; one request in flight at a time, replies in request order."""
 
-    def __init__(self, exchange: Exchange, tracker: ConnectionTracker, idle_timeout: float) -> None:
+    def __init__(self, exchange: Exchange, tracker: ConnectionTracker, limits: Limits) -> None:
         self._exchange = exchange
         self._decoder = exchange.new_decoder()
         self._tracker = tracker
-        self._idle_timeout = idle_timeout
+        self._limits = limits
+        self._read_deadline: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[Request | _Fatal] = deque()
@@ -92,23 +114,30 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if len(self._tracker.open) >= self._limits.max_connections:
+            log.warning(
+                "refusing a connection: max-connections (%d) reached", len(self._tracker.open)
+            )
+            self._write(self._exchange.reply(TemporaryError("too many connections")))
+            self._close()
+            return
         self._tracker.add(self)
-        self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
+        self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         try:
             requests = self._decoder.feed(data)
         except FramingError as error:
-            self._waiting.append(_Fatal(str(error)))
-            self._draining = True
+            self._waiting.extend(error.completed)
+            self._give_up(PermanentError(f"malformed request: {error}"))
+            return
+        self._watch_read_deadline()
+        if not requests:
+            return
+        self._waiting.extend(requests)
+        self._last_activity = self._loop.time()
+        if len(self._waiting) >= MAX_WAITING:
             self._pause_reading()
-        else:
-            if not requests:
-                return
-            self._waiting.extend(requests)
-            self._last_activity = self._loop.time()
-            if len(self._waiting) >= MAX_WAITING:
-                self._pause_reading()
         if self._in_flight is None:
             self._answer_next()
 
@@ -121,6 +150,8 @@ class Connection(asyncio.Protocol):
         self._tracker.remove(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
         if self._in_flight is not None:
             self._in_flight.cancel()
         self._waiting.clear()
@@ -157,8 +188,8 @@ class Connection(asyncio.Protocol):
             return
         request = self._waiting.popleft()
         if isinstance(request, _Fatal):
-            log.info("closing connection: %s", request.reason)
-            self._write(self._exchange.reject(request.reason))
+            log.info("closing connection: %s", request.error.reason)
+            self._write(self._exchange.reply(request.error))
             self._close()
             return
         task = self._loop.create_task(self._exchange.answer(request))
@@ -177,6 +208,30 @@ class Connection(asyncio.Protocol):
         self._write(task.result())
         self._last_activity = self._loop.time()
         self._answer_next()
+
+    def _give_up(self, error: PermanentError | TemporaryError) -> None:
+        """Stop reading; answer what came before, then this error, then close."""
+        if any(isinstance(request, _Fatal) for request in self._waiting):
+            return
+        self._waiting.append(_Fatal(error))
+        self.drain()
+        if self._in_flight is None:
+            self._answer_next()
+
+    def _watch_read_deadline(self) -> None:
+        """A request that has started must be complete within ``read_timeout`` (slow clients)."""
+        if self._decoder.has_partial:
+            if self._read_deadline is None:
+                self._read_deadline = self._loop.call_later(
+                    self._limits.read_timeout, self._on_read_deadline
+                )
+        elif self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _on_read_deadline(self) -> None:
+        self._read_deadline = None
+        self._give_up(TemporaryError("request not completed within read-timeout"))
 
     def _write(self, reply: bytes) -> None:
         assert self._transport is not None
@@ -210,9 +265,10 @@ class Connection(asyncio.Protocol):
         connection open forever.
         """
         idle_for = self._loop.time() - self._last_activity
-        if self._in_flight is None and not self._waiting and idle_for >= self._idle_timeout:
+        idle_timeout = self._limits.idle_timeout
+        if self._in_flight is None and not self._waiting and idle_for >= idle_timeout:
             log.debug("closing connection idle for %.0f s", idle_for)
             self._close()
             return
-        delay = max(self._idle_timeout - idle_for, 0.0) or self._idle_timeout
+        delay = max(idle_timeout - idle_for, 0.0) or idle_timeout
         self._idle_timer = self._loop.call_later(delay, self._check_idle)

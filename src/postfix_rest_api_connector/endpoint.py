@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -14,7 +15,7 @@ from .codecs.policy import PolicyDecoder
 from .codecs.socketmap import SocketmapDecoder
 from .codecs.tcp_table import TcpTableDecoder
 from .config import EndpointConfig
-from .connection import Connection, ConnectionTracker, Exchange, Request
+from .connection import Connection, ConnectionTracker, Exchange, Limits, Request
 from .model import LookupRequest, Malformed, Outcome, PermanentError, PolicyRequest
 from .replies import policy_reply, socketmap_reply, tcp_table_reply
 from .service import EndpointService
@@ -35,11 +36,7 @@ def _exchange(
             return reply(PermanentError(f"malformed request: {request.reason}"))
         return reply(await call(cast(R, request)))
 
-    return Exchange(
-        new_decoder=new_decoder,
-        answer=answer,
-        reject=lambda reason: reply(PermanentError(f"malformed request: {reason}")),
-    )
+    return Exchange(new_decoder=new_decoder, answer=answer, reply=reply)
 
 
 def build_exchange(config: EndpointConfig, service: EndpointService) -> Exchange:
@@ -70,9 +67,13 @@ class Endpoint:
     async def start(self) -> None:
         """Bind and listen; an ``OSError`` (port taken, no such address) reaches the caller."""
         loop = asyncio.get_running_loop()
-        idle = self.config.idle_timeout_seconds
+        limits = Limits(
+            idle_timeout=self.config.idle_timeout / 1000,
+            read_timeout=self.config.read_timeout / 1000,
+            max_connections=self.config.max_connections,
+        )
         self._server = await loop.create_server(
-            lambda: Connection(self._exchange, self._tracker, idle),
+            lambda: Connection(self._exchange, self._tracker, limits),
             self.config.bind_address,
             self.config.bind_port,
             reuse_address=True,
@@ -85,6 +86,14 @@ class Endpoint:
             ", ".join(f"{host}:{port}" for host, port in self.addresses),
             self.config.target,
         )
+        exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
+        if exposed:
+            log.warning(
+                "endpoint %s listens on non-loopback %s: anyone who can reach it can query the"
+                " API through it; bind to 127.0.0.1 or firewall the port",
+                self.config.name,
+                ", ".join(exposed),
+            )
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from .config import Config
 from .endpoint import Endpoint
@@ -36,20 +37,22 @@ class Daemon:
                     f" {error.strerror or error}"
                 ) from None
 
-    def request_stop(self) -> None:
-        self._stop.set()
+    async def run(self, announce: Callable[[Daemon], None] | None = None) -> None:
+        """Start, serve until SIGTERM or SIGINT, then drain; a second signal exits at once.
 
-    async def run(self) -> None:
-        await self.start()
-        await self.serve()
-
-    async def serve(self) -> None:
-        """Serve started endpoints until SIGTERM or SIGINT, then drain; a second signal aborts."""
+        The handlers are in place before the first listener opens, so a signal during start-up
+        still drains instead of killing the process. ``announce`` runs once all are listening.
+        """
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
+            await self.start()
+            if announce is not None:
+                announce(self)
             await self._stop.wait()
+            for endpoint in self.endpoints:
+                endpoint.stop_accepting()
             log.info("stopping: answering requests already received, then closing")
             await self.stop()
         finally:

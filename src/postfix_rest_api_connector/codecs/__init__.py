@@ -18,3 +18,8 @@ class Decoder(Protocol):
     """
 
     def feed(self, data: bytes) -> Sequence[LookupRequest | PolicyRequest | Malformed]: ...
+
+    @property
+    def has_partial(self) -> bool:
+        """Whether part of a request has arrived and the rest has not."""
+        ...

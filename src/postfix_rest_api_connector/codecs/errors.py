@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FramingError(Exception):
-    """The byte stream cannot be split into requests any more; the connection must close."""
+    """The byte stream cannot be split into requests any more; the connection must close.
+
+    ``completed`` holds what the same ``feed`` call decoded before the framing broke: those
+    requests came first and are still answered, in order, before the error.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.completed: tuple[Any, ...] = ()
 
 
 class RequestTooLarge(FramingError):

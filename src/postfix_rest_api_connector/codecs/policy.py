@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..model import Malformed, PolicyRequest
-from .errors import RequestTooLarge, UnsendableReply
+from .errors import FramingError, RequestTooLarge, UnsendableReply
 
 DEFAULT_MAX_REQUEST = 65536
 DEFAULT_MAX_ATTRIBUTES = 256
@@ -48,9 +48,27 @@ class PolicyDecoder:
         self._problem: str | None = None
         self._request_bytes = 0
 
+    @property
+    def has_partial(self) -> bool:
+        return bool(self._buffer) or self._request_bytes > 0
+
     def feed(self, data: bytes) -> list[PolicyRequest | Malformed]:
         buffer = self._buffer + data if self._buffer else data
         requests: list[PolicyRequest | Malformed] = []
+        try:
+            start = self._split(buffer, requests)
+        except FramingError as error:
+            error.completed = tuple(requests)
+            raise
+        self._buffer = buffer[start:]
+        if self._request_bytes + len(self._buffer) > self._max_request:
+            too_large = RequestTooLarge(f"policy request longer than {self._max_request} bytes")
+            too_large.completed = tuple(requests)
+            raise too_large
+        return requests
+
+    def _split(self, buffer: bytes, requests: list[PolicyRequest | Malformed]) -> int:
+        """Append every complete request; return where the incomplete rest starts."""
         start = 0
         while (end := buffer.find(b"\n", start)) >= 0:
             self._count(end + 1 - start)
@@ -60,10 +78,7 @@ class PolicyDecoder:
             else:
                 self._add_attribute(buffer[start:line_end])
             start = end + 1
-        self._buffer = buffer[start:]
-        if self._request_bytes + len(self._buffer) > self._max_request:
-            raise RequestTooLarge(f"policy request longer than {self._max_request} bytes")
-        return requests
+        return start
 
     def _count(self, line_bytes: int) -> None:
         self._request_bytes += line_bytes

@@ -7,7 +7,7 @@ either direction. Postfix refuses a reply payload over 100000 bytes.
 from __future__ import annotations
 
 from ..model import LookupRequest, Malformed
-from .errors import BadNetstring, RequestTooLarge, UnsendableReply
+from .errors import BadNetstring, FramingError, RequestTooLarge, UnsendableReply
 
 MAX_REPLY_PAYLOAD = 100000
 """Postfix's dict_sockmap limit on a reply's payload."""
@@ -25,9 +25,23 @@ class NetstringDecoder:
         self._max_payload = max_payload
         self._max_digits = len(str(max_payload))
 
+    @property
+    def has_partial(self) -> bool:
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer + data if self._buffer else data
         payloads: list[bytes] = []
+        try:
+            start = self._split(buffer, payloads)
+        except FramingError as error:
+            error.completed = tuple(payloads)
+            raise
+        self._buffer = buffer[start:]
+        return payloads
+
+    def _split(self, buffer: bytes, payloads: list[bytes]) -> int:
+        """Append every complete payload; return where the incomplete rest starts."""
         start = 0
         while True:
             colon = buffer.find(b":", start, start + self._max_digits + 1)
@@ -42,8 +56,7 @@ class NetstringDecoder:
                 raise BadNetstring("netstring not terminated by ','")
             payloads.append(buffer[colon + 1 : end])
             start = end + 1
-        self._buffer = buffer[start:]
-        return payloads
+        return start
 
     def _parse_length(self, digits: bytes) -> int:
         if not digits or not digits.isdigit():
@@ -79,8 +92,17 @@ class SocketmapDecoder:
     def __init__(self, max_request: int = DEFAULT_MAX_REQUEST) -> None:
         self._netstrings = NetstringDecoder(max_request)
 
+    @property
+    def has_partial(self) -> bool:
+        return self._netstrings.has_partial
+
     def feed(self, data: bytes) -> list[LookupRequest | Malformed]:
-        return [parse_request(payload) for payload in self._netstrings.feed(data)]
+        try:
+            payloads = self._netstrings.feed(data)
+        except FramingError as error:
+            error.completed = tuple(parse_request(payload) for payload in error.completed)
+            raise
+        return [parse_request(payload) for payload in payloads]
 
 
 def encode_netstring(payload: bytes) -> bytes:

@@ -56,20 +56,29 @@ class TcpTableDecoder:
         self._buffer = b""
         self._max_line = max_line
 
+    @property
+    def has_partial(self) -> bool:
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> list[LookupRequest | Malformed]:
         buffer = self._buffer + data if self._buffer else data
         requests: list[LookupRequest | Malformed] = []
         start = 0
         while (end := buffer.find(b"\n", start)) >= 0:
             if end - start >= self._max_line:
-                raise RequestTooLarge(f"request line longer than {self._max_line} bytes")
+                raise self._too_large(requests)
             line_end = end - 1 if end > start and buffer[end - 1] == 0x0D else end
             requests.append(parse_request_line(buffer[start:line_end]))
             start = end + 1
         self._buffer = buffer[start:]
         if len(self._buffer) >= self._max_line:
-            raise RequestTooLarge(f"request line longer than {self._max_line} bytes")
+            raise self._too_large(requests)
         return requests
+
+    def _too_large(self, completed: list[LookupRequest | Malformed]) -> RequestTooLarge:
+        error = RequestTooLarge(f"request line longer than {self._max_line} bytes")
+        error.completed = tuple(completed)
+        return error
 
 
 def encode_reply(code: int, text: str) -> bytes:
