@@ -1,0 +1,485 @@
+"""The command line and the process lifecycle: the real daemon in a child process.
+
+Endpoints listen on port 0; the test learns each real port from the process's own log line
+``endpoint NAME (MODE) listening on 127.0.0.1:PORT, asking ...``. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from conftest import FakeApi, endpoint_config
+from postfix_rest_api_connector import __version__
+
+DEADLINE = 10.0
+"""Bounds every wait on the child process; each step takes well under a second."""
+TOKEN = "tok-SECRET-123"
+MODULE = [sys.executable, "-m", "postfix_rest_api_connector"]
+CONSOLE_SCRIPT = Path(sys.executable).with_name("postfix-rest-api-connector")
+LISTENING = re.compile(
+    r"endpoint (?P<name>\S+) \((?P<mode>[a-z-]+)\) listening on 127\.0\.0\.1:(?P<port>\d+), asking "
+)
+TIMESTAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+LOG_LINE = re.compile(
+    rf"(?P<timestamp>{TIMESTAMP})?(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<logger>\S+)"
+    r" \[(?P<request_id>[^\]]+)\] (?P<message>.*)"
+)
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The test's environment without the variables the daemon reads, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in {"LOG_LEVEL", "JOURNAL_STREAM"}}
+    return {**env, **extra}
+
+
+class Connector:
+    """The daemon as a child process; stderr is read line by line as far as the test needs."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    async def _next_line(self) -> str:
+        assert self.process.stderr is not None
+        raw = await self.process.stderr.readline()
+        if not raw:
+            pytest.fail(f"stderr closed before the expected line; stderr so far:\n{self.stderr}")
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        self.lines.append(line)
+        return line
+
+    async def _search(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        while not (match := pattern.search(await self._next_line())):
+            pass
+        return match
+
+    async def expect(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        """The next stderr line matching ``pattern``."""
+        try:
+            return await asyncio.wait_for(self._search(pattern), DEADLINE)
+        except TimeoutError:
+            pytest.fail(f"no line matching {pattern.pattern!r}; stderr so far:\n{self.stderr}")
+
+    async def port(self) -> int:
+        return int((await self.expect(LISTENING))["port"])
+
+    async def finish(self) -> int:
+        """Wait for the exit, collecting the rest of stderr; returns the exit status."""
+        assert self.process.stderr is not None
+        try:
+            rest = await asyncio.wait_for(self.process.stderr.read(), DEADLINE)
+            status = await asyncio.wait_for(self.process.wait(), DEADLINE)
+        except TimeoutError:
+            pytest.fail(f"the daemon did not exit within {DEADLINE} s; stderr:\n{self.stderr}")
+        self.lines.extend(rest.decode("utf-8", "replace").splitlines())
+        return status
+
+
+Spawn = Callable[..., Awaitable[Connector]]
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Spawn]:
+    """Start the daemon (``python -m``); whatever is still running at teardown is killed."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str, env: dict[str, str] | None = None) -> Connector:
+        process = await asyncio.create_subprocess_exec(
+            *MODULE,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_env(env or {}),
+        )
+        started.append(process)
+        return Connector(process)
+
+    yield start
+    for process in started:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def run_to_end(*command: str) -> tuple[int, str, str]:
+    """Run a command that must exit by itself: exit status, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env({}),
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), DEADLINE)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"{command} did not exit within {DEADLINE} s")
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+def write_config(tmp_path: Path, document: Any) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+def tcp_endpoint(target: str, **extra: Any) -> dict[str, Any]:
+    return endpoint_config("tcp-lookup", target, **{"auth-token": TOKEN, **extra})
+
+
+async def tcp_get(port: int, key: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"get {key}\n".encode())
+        return await asyncio.wait_for(reader.readline(), DEADLINE)
+    finally:
+        writer.close()
+
+
+@contextmanager
+def listening_socket() -> Iterator[int]:
+    """A port that is taken: bound and listening on 127.0.0.1 for as long as the block runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+async def assert_not_served(port: int) -> None:
+    """A new connection must be refused.
+
+    The daemon logs ``stopping:`` just before it closes its listeners, so an attempt made right
+    after that line may still land in the kernel's accept queue; the listener's close then resets
+    it. Either way it is never served: a daemon that kept accepting would hold it open instead.
+    """
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), DEADLINE
+        )
+    except ConnectionRefusedError:
+        return
+    try:
+        writer.write(b"get other\n")
+        assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
+    except ConnectionResetError:
+        pass
+    finally:
+        writer.close()
+
+
+# --version and usage
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(MODULE, id="python-m"), pytest.param([str(CONSOLE_SCRIPT)], id="console-script")],
+)
+async def test_version(command: list[str]) -> None:
+    status, stdout, _ = await run_to_end(*command, "--version")
+    assert (status, stdout) == (0, f"postfix-rest-api-connector {__version__}\n")
+
+
+@pytest.mark.parametrize("with_config", [False, True], ids=["no-argument", "config-and-demo"])
+async def test_usage_error(tmp_path: Path, with_config: bool) -> None:
+    config = write_config(tmp_path, {"endpoints": [tcp_endpoint("http://127.0.0.1:9/")]})
+    args = [str(config), "--demo"] if with_config else []
+    status, stdout, stderr = await run_to_end(*MODULE, *args)
+    assert status == 2
+    assert stdout == ""
+    assert stderr.startswith("usage: postfix-rest-api-connector")
+    assert "give either a CONFIG path or --demo" in stderr
+
+
+# config problems
+
+
+def _endpoint(**extra: Any) -> dict[str, Any]:
+    return tcp_endpoint("http://127.0.0.1:9/lookup", **extra)
+
+
+CONFIG_PROBLEMS = [
+    pytest.param(
+        {
+            "endpoints": [
+                _endpoint(**{"bind-port": "25", "bind-prot": 25}),
+                _endpoint(name="second", **{"auth-token": [TOKEN]}),
+            ]
+        },
+        [
+            "config error: endpoints[0].bind-port: ",
+            "config error: endpoints[0].bind-prot: unknown key",
+            "config error: endpoints[1].auth-token: ",
+        ],
+        id="unknown-key-and-wrong-types",
+    ),
+    pytest.param(
+        {"endpoints": [_endpoint(name="same"), _endpoint(name="same")]},
+        ["config error: endpoints[1].name: duplicate name 'same'"],
+        id="duplicate-name",
+    ),
+    pytest.param(
+        {"endpoints": [_endpoint()], "shutdown-timeout": "10s"},
+        ["config error: shutdown-timeout: "],
+        id="top-level-wrong-type",
+    ),
+]
+
+
+@pytest.mark.parametrize(("document", "expected"), CONFIG_PROBLEMS)
+async def test_config_problems_exit_78_with_one_line_each(
+    tmp_path: Path, spawn: Spawn, document: Any, expected: list[str]
+) -> None:
+    connector = await spawn(str(write_config(tmp_path, document)))
+    assert await connector.finish() == 78
+    lines = connector.lines
+    assert len(lines) == len(expected), connector.stderr
+    for prefix in expected:
+        assert sum(line.startswith(prefix) for line in lines) == 1, (prefix, connector.stderr)
+    assert not LISTENING.search(connector.stderr)
+    assert TOKEN not in connector.stderr
+
+
+async def test_invalid_json_exits_78(tmp_path: Path, spawn: Spawn) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"endpoints": [\n', encoding="utf-8")
+    connector = await spawn(str(path))
+    assert await connector.finish() == 78
+    assert len(connector.lines) == 1, connector.stderr
+    assert connector.lines[0].startswith(f"config error: {path}: invalid JSON at line 2 column 1")
+
+
+async def test_missing_config_file_exits_78(tmp_path: Path, spawn: Spawn) -> None:
+    path = tmp_path / "absent.json"
+    connector = await spawn(str(path))
+    assert await connector.finish() == 78
+    assert len(connector.lines) == 1, connector.stderr
+    assert connector.lines[0].startswith(f"config error: {path}: cannot read: ")
+    assert "No such file or directory" in connector.lines[0]
+
+
+# start-up failure
+
+
+async def test_port_taken_fails_fast_naming_endpoint_and_address(
+    tmp_path: Path, spawn: Spawn
+) -> None:
+    with listening_socket() as taken:
+        document = {
+            "endpoints": [
+                _endpoint(name="free"),
+                _endpoint(name="clash", **{"bind-port": taken}),
+            ]
+        }
+        started = time.monotonic()
+        connector = await spawn(str(write_config(tmp_path, document)))
+        status = await connector.finish()
+        elapsed = time.monotonic() - started
+    assert status != 0
+    assert elapsed < 5, f"took {elapsed:.1f} s to give up"
+    assert f"endpoints[1] (clash): cannot listen on 127.0.0.1:{taken}" in connector.stderr
+    assert "Traceback" not in connector.stderr
+
+
+# graceful stop
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_drains_in_flight_request_then_exits_0(
+    tmp_path: Path, spawn: Spawn, api: FakeApi, signum: signal.Signals
+) -> None:
+    received = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(_: web.Request) -> web.StreamResponse:
+        received.set()
+        await release.wait()
+        return web.json_response(["value"])
+
+    api.handler = slow
+    config = write_config(tmp_path, {"endpoints": [tcp_endpoint(f"{api.url}/lookup")]})
+    connector = await spawn(str(config))
+    port = await connector.port()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"get k\n")
+        await asyncio.wait_for(received.wait(), DEADLINE)
+        connector.process.send_signal(signum)
+        await connector.expect(re.compile(rf"received {signum.name}$"))
+        await connector.expect(re.compile(r"stopping: "))
+        await assert_not_served(port)
+        release.set()
+        assert await asyncio.wait_for(reader.readline(), DEADLINE) == b"200 value\n"
+        assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
+    finally:
+        release.set()
+        writer.close()
+    assert await connector.finish() == 0, connector.stderr
+    assert connector.lines[-1].endswith(" stopped"), connector.stderr
+
+
+async def test_sigterm_right_after_first_listening_line_exits_0(
+    tmp_path: Path, spawn: Spawn
+) -> None:
+    """Once an endpoint says it is listening it accepts mail traffic, so SIGTERM must be graceful.
+
+    Many endpoints widen the time between the first ``listening`` line and the end of start-up.
+    """
+    endpoints = [_endpoint(name=f"e{index}") for index in range(40)]
+    connector = await spawn(str(write_config(tmp_path, {"endpoints": endpoints})))
+    await connector.port()
+    connector.process.send_signal(signal.SIGTERM)
+    assert await connector.finish() == 0, connector.stderr
+
+
+# logging
+
+
+@dataclass(frozen=True)
+class LogLevelCase:
+    args: tuple[str, ...]
+    env: dict[str, str]
+    debug: bool
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(LogLevelCase(("--log-level", "DEBUG"), {}, True), id="option"),
+        pytest.param(LogLevelCase((), {"LOG_LEVEL": "DEBUG"}, True), id="environment"),
+        pytest.param(LogLevelCase((), {}, False), id="default-info"),
+    ],
+)
+async def test_log_level_request_ids_and_no_secret(
+    tmp_path: Path, spawn: Spawn, api: FakeApi, case: LogLevelCase
+) -> None:
+    api.answer_json(["value"])
+    config = write_config(tmp_path, {"endpoints": [tcp_endpoint(f"{api.url}/lookup")]})
+    connector = await spawn(*case.args, str(config), env=case.env)
+    assert await tcp_get(await connector.port(), "k") == b"200 value\n"
+    connector.process.send_signal(signal.SIGTERM)
+    assert await connector.finish() == 0, connector.stderr
+
+    assert TOKEN not in connector.stderr
+    assert api.seen[0].headers["X-Auth-Token"] == TOKEN
+    request_id = api.seen[0].headers["X-Request-Id"]
+    parsed = [LOG_LINE.fullmatch(line) for line in connector.lines]
+    unparsed = [line for line, match in zip(connector.lines, parsed, strict=True) if not match]
+    assert not unparsed, connector.stderr
+    records = [match for match in parsed if match]
+    levels = {match["level"] for match in records}
+    if not case.debug:
+        assert "DEBUG" not in levels, connector.stderr
+        assert all(match["request_id"] == "-" for match in records), connector.stderr
+        return
+    tagged = [match for match in records if match["request_id"] != "-"]
+    assert tagged, connector.stderr
+    assert {match["request_id"] for match in tagged} == {request_id}, connector.stderr
+    assert any(match["level"] == "DEBUG" for match in tagged), connector.stderr
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journald", "terminal"])
+async def test_timestamps_only_without_journald(
+    tmp_path: Path, spawn: Spawn, journal: bool
+) -> None:
+    config = write_config(tmp_path, {"endpoints": [_endpoint()]})
+    env = {"JOURNAL_STREAM": "8:123456"} if journal else {}
+    connector = await spawn(str(config), env=env)
+    # an answered request proves the daemon is past start-up (see the test above)
+    assert (await tcp_get(await connector.port(), "k")).startswith(b"400 ")
+    connector.process.send_signal(signal.SIGTERM)
+    assert await connector.finish() == 0, connector.stderr
+    assert len(connector.lines) >= 3, connector.stderr
+    for line in connector.lines:
+        assert bool(re.match(TIMESTAMP, line)) is not journal, line
+        assert re.match(rf"(?:{TIMESTAMP})?INFO ", line), line
+
+
+# the demo
+
+DEMO_PORT = re.compile(
+    r"^\s+(?P<mode>tcp-lookup|socketmap-lookup|policy)\s+127\.0\.0\.1:(?P<port>\d+)$"
+)
+
+
+def postmap_executable() -> str:
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    executable = shutil.which("postmap", path=path)
+    if executable is None:
+        pytest.fail("postmap not found: install Debian's postfix package (it provides postmap)")
+    return executable
+
+
+async def demo_ports(connector: Connector) -> dict[str, int]:
+    """The ports the demo prints on stdout, read up to its last line."""
+    stdout = connector.process.stdout
+    assert stdout is not None
+    ports: dict[str, int] = {}
+
+    async def read() -> None:
+        while (line := (await stdout.readline()).decode()) and "Stop with Ctrl-C." not in line:
+            if match := DEMO_PORT.match(line.rstrip("\n")):
+                ports[match["mode"]] = int(match["port"])
+
+    await asyncio.wait_for(read(), DEADLINE)
+    return ports
+
+
+async def test_demo_answers_real_postmap_and_policy(tmp_path: Path, spawn: Spawn) -> None:
+    postmap = postmap_executable()
+    postfix_dir = tmp_path / "postfix"
+    postfix_dir.mkdir()
+    main_cf = postfix_dir / "main.cf"
+    main_cf.write_text("", encoding="utf-8")
+    settled = time.time() - 60  # Postfix waits ~2 s for a config file modified just now
+    os.utime(main_cf, (settled, settled))
+
+    connector = await spawn("--demo", "--demo-base-port", "0")
+    ports = await demo_ports(connector)
+    assert set(ports) == {"tcp-lookup", "socketmap-lookup", "policy"}, connector.lines
+    assert 0 not in ports.values()
+
+    tcp_table = f"tcp:127.0.0.1:{ports['tcp-lookup']}"
+    status, stdout, stderr = await run_to_end(
+        postmap, "-c", str(postfix_dir), "-q", "example.com", tcp_table
+    )
+    assert (status, stdout) == (0, "example.com\n"), stderr
+    socketmap = f"socketmap:inet:127.0.0.1:{ports['socketmap-lookup']}:aliases"
+    status, stdout, stderr = await run_to_end(
+        postmap, "-c", str(postfix_dir), "-q", "postmaster@example.com", socketmap
+    )
+    assert (status, stdout) == (0, "alice@example.com,bob@example.com\n"), stderr
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", ports["policy"])
+    try:
+        writer.write(b"request=smtpd_access_policy\nrecipient=blocked@example.com\n\n")
+        reply = await asyncio.wait_for(reader.readuntil(b"\n\n"), DEADLINE)
+    finally:
+        writer.close()
+    assert reply == b"action=REJECT This mailbox does not accept mail\n\n"
+
+    connector.process.send_signal(signal.SIGTERM)
+    assert await connector.finish() == 0, connector.stderr

@@ -1,0 +1,169 @@
+"""HTTPS to the API: a private CA made with the openssl CLI, a real TLS API, a real connector.
+
+A certificate the connector cannot trust must end as an error reply to Postfix, never "not found".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from conftest import FakeApi, endpoint_address, endpoint_config, running_connector
+
+DEADLINE = 10.0
+REQUEST_TIMEOUT = 1000
+"""Milliseconds, as in the config; a failed handshake must not even take this long."""
+MARGIN = 2.0
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca_cert: Path
+    server: KeyPair
+    """Signed by the CA for IP:127.0.0.1."""
+    wrong_name: KeyPair
+    """Signed by the same CA, but only for DNS:wrong.example."""
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    executable = shutil.which("openssl")
+    if executable is None:
+        pytest.fail("openssl CLI not found: install Debian's openssl package")
+    subprocess.run([executable, *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def _issue(directory: Path, name: str, subject_alt_name: str) -> KeyPair:
+    """A P-256 key and a server certificate signed by ``ca.key`` in ``directory``."""
+    extensions = directory / f"{name}.ext"
+    extensions.write_text(
+        f"subjectAltName = {subject_alt_name}\n"
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = serverAuth\n",
+        encoding="utf-8",
+    )
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
+        cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-sha256", "-extfile", extensions.name,
+        "-out", f"{name}.crt",
+        cwd=directory,
+    )  # fmt: skip
+    return KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-sha256", "-subj", "/CN=Test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )  # fmt: skip
+    return Pki(
+        ca_cert=directory / "ca.crt",
+        server=_issue(directory, "server", "IP:127.0.0.1"),
+        wrong_name=_issue(directory, "wrong", "DNS:wrong.example"),
+    )
+
+
+@asynccontextmanager
+async def tls_api(pair: KeyPair) -> AsyncIterator[FakeApi]:
+    """conftest's fake API, served over HTTPS on 127.0.0.1 port 0 with ``pair``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pair.cert, pair.key)
+    fake = FakeApi()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake._dispatch)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        fake.url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+async def ask(mode: str, address: tuple[str, int], key: str) -> bytes:
+    """One lookup the way Postfix sends it; returns the whole reply."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        if mode == "tcp-lookup":
+            writer.write(f"get {key}\n".encode())
+            return await asyncio.wait_for(reader.readline(), DEADLINE)
+        payload = f"aliases {key}".encode()
+        writer.write(b"%d:%s," % (len(payload), payload))
+        length = await asyncio.wait_for(reader.readuntil(b":"), DEADLINE)
+        rest = await asyncio.wait_for(reader.readexactly(int(length[:-1]) + 1), DEADLINE)
+        return length + rest
+    finally:
+        writer.close()
+
+
+def reply_code(mode: str, reply: bytes) -> bytes:
+    """``200``/``400``/``500`` for tcp_table, ``OK``/``TEMP``/``NOTFOUND``... for socketmap."""
+    if mode == "tcp-lookup":
+        return reply.split(b" ", 1)[0]
+    return reply.partition(b":")[2].split(b" ", 1)[0].rstrip(b",")
+
+
+MODES = [
+    pytest.param("tcp-lookup", id="tcp"),
+    pytest.param("socketmap-lookup", id="socketmap"),
+]
+FOUND = {"tcp-lookup": b"200 value\n", "socketmap-lookup": b"8:OK value,"}
+ERROR_CODE = {"tcp-lookup": b"400", "socketmap-lookup": b"TEMP"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_trusted_ca_answers(pki: Pki, mode: str) -> None:
+    async with tls_api(pki.server) as api:
+        api.answer_json(["value"])
+        endpoint = endpoint_config(mode, f"{api.url}/lookup", **{"tls-ca-file": str(pki.ca_cert)})
+        async with running_connector(endpoint) as daemon:
+            reply = await ask(mode, endpoint_address(daemon), "alice@example.com")
+    assert reply == FOUND[mode]
+    assert [seen.query["key"] for seen in api.seen] == ["alice@example.com"]
+    assert api.seen[0].headers["X-Auth-Token"] == "s3cret-token"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", ["untrusted-ca", "wrong-name"])
+async def test_untrusted_certificate_is_an_error_not_a_miss(pki: Pki, mode: str, case: str) -> None:
+    pair, ca = (pki.server, None) if case == "untrusted-ca" else (pki.wrong_name, pki.ca_cert)
+    async with tls_api(pair) as api:
+        api.answer_json(["value"])
+        extra: dict[str, object] = {"request-timeout": REQUEST_TIMEOUT}
+        if ca is not None:
+            extra["tls-ca-file"] = str(ca)
+        async with running_connector(endpoint_config(mode, f"{api.url}/lookup", **extra)) as daemon:
+            started = time.monotonic()
+            reply = await ask(mode, endpoint_address(daemon), "alice@example.com")
+            elapsed = time.monotonic() - started
+    assert reply_code(mode, reply) == ERROR_CODE[mode], reply
+    assert elapsed < REQUEST_TIMEOUT / 1000 + MARGIN
+    assert api.seen == []
