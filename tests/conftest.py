@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1 port 0; nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,12 +15,23 @@ from typing import Any
 import pytest
 import uvloop
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 from multidict import CIMultiDict
 
 from postfix_rest_api_connector.config import parse_config
 from postfix_rest_api_connector.server import Daemon
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+settings.register_profile("ci", max_examples=300, deadline=None)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20000")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+"""Bounded in the normal run; ``scripts/fuzz.sh`` selects the long ``fuzz`` profile."""
 
 
 def pytest_asyncio_loop_factories(

@@ -409,3 +409,19 @@ async def test_binding_beyond_loopback_logs_a_warning(
         async with running_connector(endpoint_config("tcp-lookup", api.url)):
             pass
     assert "non-loopback" not in caplog.text
+
+
+async def test_max_policy_attributes_is_configurable(api: FakeApi) -> None:
+    api.answer_text("DUNNO")
+    config = endpoint_config("policy", api.url, **{"max-policy-attributes": 32})
+    many = b"".join(b"a%d=x\n" % index for index in range(33)) + b"\n"
+    enough = b"".join(b"a%d=x\n" % index for index in range(32)) + b"\n"
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        reader, writer = await stack.enter_async_context(connected(endpoint_address(daemon)))
+        writer.write(many + enough)
+        writer.write_eof()
+        assert await read_all(reader) == FAILURE + b"action=DUNNO\n\n"
+    assert len(api.seen) == 1

@@ -99,6 +99,7 @@ class EndpointConfig(BaseModel):
         DEFAULT_FAILURE_ACTION, alias="failure-action"
     )
     max_request_bytes: int = Field(65536, alias="max-request-bytes", ge=512, le=16 * 1024 * 1024)
+    max_policy_attributes: int = Field(256, alias="max-policy-attributes", ge=32, le=100_000)
     max_response_bytes: int = Field(
         1024 * 1024, alias="max-response-bytes", ge=1024, le=64 * 1024 * 1024
     )
@@ -158,8 +159,13 @@ def _cross_checks(config: Config) -> Iterator[str]:
                 f" is already used by endpoints[{other}]"
             )
         first_on_address.setdefault(address, index)
-        if endpoint.mode != "policy" and "failure_action" in endpoint.model_fields_set:
-            yield f"{where}.failure-action: only applies to mode 'policy'"
+        if endpoint.mode != "policy":
+            for field, key in (
+                ("failure_action", "failure-action"),
+                ("max_policy_attributes", "max-policy-attributes"),
+            ):
+                if field in endpoint.model_fields_set:
+                    yield f"{where}.{key}: only applies to mode 'policy'"
 
 
 def parse_config(document: object) -> Config:

@@ -48,7 +48,7 @@ def build_exchange(config: EndpointConfig, service: EndpointService) -> Exchange
         return _exchange(partial(SocketmapDecoder, limit), service.lookup, socketmap_reply)
     failure_reply = policy.encode_reply(config.failure_action)
     return _exchange(
-        partial(PolicyDecoder, limit),
+        partial(PolicyDecoder, limit, config.max_policy_attributes),
         service.check_policy,
         partial(policy_reply, failure_reply=failure_reply),
     )

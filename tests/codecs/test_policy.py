@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from postfix_rest_api_connector.codecs.errors import FramingError, RequestTooLarge
@@ -191,7 +191,6 @@ attribute_lists = st.lists(
 ).map(tuple)
 
 
-@settings(max_examples=200)
 @given(
     requests=st.lists(attribute_lists, min_size=1, max_size=3),
     sizes=st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=8),
@@ -305,7 +304,6 @@ fuzz_streams = st.one_of(
 )
 
 
-@settings(max_examples=300)
 @given(
     stream=fuzz_streams,
     limits=st.sampled_from([(16, 2), (64, 4), (DEFAULT_MAX_REQUEST, 256)]),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from postfix_rest_api_connector.codecs.policy import MAX_ACTION
@@ -104,7 +104,6 @@ def test_tcp_found_too_long_for_the_line_is_400_never_200_or_500(value: str) -> 
     assert len(reply) <= MAX_REPLY_LINE
 
 
-@settings(max_examples=300)
 @given(outcomes)
 def test_tcp_any_outcome_is_one_line_postfix_accepts_with_the_right_code(outcome: Outcome) -> None:
     reply = tcp_table_reply(outcome)
@@ -180,7 +179,6 @@ def test_socketmap_failure_with_a_long_reason_stays_within_the_limit(
     assert payload.startswith(status)
 
 
-@settings(max_examples=300)
 @given(outcomes)
 def test_socketmap_any_outcome_is_one_netstring_with_the_right_status(outcome: Outcome) -> None:
     reply = socketmap_reply(outcome)
@@ -263,7 +261,6 @@ def test_policy_unsendable_action_gets_the_failure_reply(action: str) -> None:
     assert policy_reply(Found(action), FAILURE_REPLY) == FAILURE_REPLY
 
 
-@settings(max_examples=300)
 @given(st.text(max_size=100))
 def test_policy_found_is_exactly_one_action_line_or_the_failure_reply(action: str) -> None:
     reply = policy_reply(Found(action), FAILURE_REPLY)

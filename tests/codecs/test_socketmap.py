@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from postfix_rest_api_connector.codecs.errors import BadNetstring, FramingError, RequestTooLarge
@@ -87,7 +87,6 @@ def test_encode_netstring(payload: bytes, wire: bytes) -> None:
     assert encode_netstring(payload) == wire
 
 
-@settings(max_examples=300)
 @given(
     payloads=st.lists(st.binary(max_size=300), max_size=5),
     sizes=st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=8),
@@ -101,7 +100,6 @@ def test_netstring_round_trip_at_random_chunkings(payloads: list[bytes], sizes: 
     assert decoded == payloads
 
 
-@settings(max_examples=300)
 @given(
     requests=st.lists(
         st.builds(
@@ -228,7 +226,6 @@ fuzz_streams = st.one_of(
 )
 
 
-@settings(max_examples=300)
 @given(
     stream=fuzz_streams,
     max_request=st.sampled_from([0, 5, 19, DEFAULT_MAX_REQUEST]),

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from postfix_rest_api_connector.codecs.errors import FramingError, RequestTooLarge
@@ -221,7 +221,6 @@ fuzz_streams = st.one_of(
 )
 
 
-@settings(max_examples=300)
 @given(
     stream=fuzz_streams,
     max_line=st.sampled_from([8, 32, DEFAULT_MAX_REQUEST]),
