@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from urllib.parse import quote_from_bytes, quote_plus
 
@@ -19,6 +20,7 @@ from pyreqwest.request import RequestBuilder
 from .config import EndpointConfig
 from .model import (
     NOT_FOUND,
+    Answer,
     Found,
     LookupRequest,
     Outcome,
@@ -90,6 +92,23 @@ def policy_outcome(status: int, body: bytes) -> Outcome:
     return Found(text)
 
 
+def cache_max_age(cache_control: str | None) -> float | None:
+    """Seconds the API allows an answer to be reused: ``no-store``/``no-cache`` give 0."""
+    if cache_control is None:
+        return None
+    max_age: float | None = None
+    for directive in cache_control.lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name in {"no-store", "no-cache"}:
+            return 0.0
+        if name == "max-age":
+            try:
+                max_age = max(float(int(value.strip().strip('"'))), 0.0)
+            except ValueError:
+                return 0.0
+    return max_age
+
+
 def _status_failure(status: int) -> Outcome:
     if 400 <= status < 500:
         return PermanentError(f"API answered HTTP {status}")
@@ -143,41 +162,46 @@ class RestBackend:
         name = quote_from_bytes(request.map_name, safe="")
         return f"{self._query_prefix}name={name}&key={key}"
 
-    async def lookup(self, request: LookupRequest, request_id: str) -> Outcome:
+    async def lookup(self, request: LookupRequest, request_id: str, budget: float) -> Answer:
         builder = self._client.get(self.lookup_url(request))
         try:
-            status, body, content_type = await self._send(builder, request_id)
+            status, body, headers = await self._send(builder, request_id, budget)
         except _FAILURES as error:
-            return _failure(error)
-        return lookup_outcome(status, body, content_type, self._separator)
+            return Answer(_failure(error))
+        outcome = lookup_outcome(status, body, headers.get("content-type"), self._separator)
+        return Answer(outcome, cache_max_age(headers.get("cache-control")))
 
-    async def check_policy(self, request: PolicyRequest, request_id: str) -> Outcome:
+    async def check_policy(self, request: PolicyRequest, request_id: str, budget: float) -> Outcome:
         builder = (
             self._client.post(self._target)
             .header("Content-Type", _FORM)
             .body_bytes(form_body(request))
         )
         try:
-            status, body, _ = await self._send(builder, request_id)
+            status, body, _ = await self._send(builder, request_id, budget)
         except _FAILURES as error:
             return _failure(error)
         return policy_outcome(status, body)
 
     async def _send(
-        self, builder: RequestBuilder, request_id: str
-    ) -> tuple[int, bytes, str | None]:
-        """Status, body (read only for a 200, and only up to the limit) and content type."""
-        async with builder.header("X-Request-Id", request_id).build_streamed() as response:
+        self, builder: RequestBuilder, request_id: str, budget: float
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """Status, body (read only for a 200, and only up to the limit) and headers.
+
+        ``budget`` is the time left for this attempt, enforced by the HTTP client itself.
+        """
+        builder = builder.header("X-Request-Id", request_id).timeout(timedelta(seconds=budget))
+        async with builder.build_streamed() as response:
             status = response.status
-            if status != 200:
-                return status, b"", None
-            body = bytearray()
-            reader = response.body_reader
-            while (chunk := await reader.read(65536)) is not None:
-                body += chunk
-                if len(body) > self._max_body:
-                    raise ResponseTooLarge
-            return status, bytes(body), response.headers.get("content-type")
+            if status == 200:
+                body = bytearray()
+                reader = response.body_reader
+                while (chunk := await reader.read(65536)) is not None:
+                    body += chunk
+                    if len(body) > self._max_body:
+                        raise ResponseTooLarge
+                return status, bytes(body), response.headers
+            return status, b"", response.headers
 
     async def close(self) -> None:
         await self._client.close()

@@ -104,6 +104,22 @@ class EndpointConfig(BaseModel):
         1024 * 1024, alias="max-response-bytes", ge=1024, le=64 * 1024 * 1024
     )
     tls_ca_file: FilePath | None = Field(None, alias="tls-ca-file")
+    cache_ttl: Milliseconds = Field(0, alias="cache-ttl", ge=0, le=86_400_000)
+    negative_cache_ttl: Milliseconds = Field(0, alias="negative-cache-ttl", ge=0, le=86_400_000)
+    cache_max_entries: int = Field(10_000, alias="cache-max-entries", ge=1, le=10_000_000)
+    cache_control: bool = Field(True, alias="cache-control")
+    stale_if_error: Milliseconds = Field(0, alias="stale-if-error", ge=0, le=7 * 86_400_000)
+    retries: int | None = Field(None, ge=0, le=10)
+    retry_backoff: Milliseconds = Field(25, alias="retry-backoff", ge=1, le=60_000)
+    breaker_failures: int = Field(0, alias="breaker-failures", ge=0, le=1_000_000)
+    breaker_cooldown: Milliseconds = Field(5_000, alias="breaker-cooldown", ge=100, le=3_600_000)
+
+    @property
+    def effective_retries(self) -> int:
+        """Lookups retry once unless configured; policy requests only when configured."""
+        if self.retries is not None:
+            return self.retries
+        return 0 if self.mode == "policy" else 1
 
     @field_validator("tls_ca_file", mode="before")
     @classmethod
@@ -124,6 +140,11 @@ class Config(BaseModel):
     @classmethod
     def _tuple_from_list(cls, value: object) -> object:
         return tuple(value) if isinstance(value, list) else value
+
+
+_LOOKUP_ONLY = frozenset(
+    {"cache_ttl", "negative_cache_ttl", "cache_max_entries", "cache_control", "stale_if_error"}
+)
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:
@@ -166,6 +187,10 @@ def _cross_checks(config: Config) -> Iterator[str]:
             ):
                 if field in endpoint.model_fields_set:
                     yield f"{where}.{key}: only applies to mode 'policy'"
+        else:
+            for field in _LOOKUP_ONLY & endpoint.model_fields_set:
+                key = field.replace("_", "-")
+                yield f"{where}.{key}: only applies to the lookup modes"
 
 
 def parse_config(document: object) -> Config:

@@ -18,7 +18,8 @@ from .config import EndpointConfig
 from .connection import Connection, ConnectionTracker, Exchange, Limits, Request
 from .model import LookupRequest, Malformed, Outcome, PermanentError, PolicyRequest
 from .replies import policy_reply, socketmap_reply, tcp_table_reply
-from .service import EndpointService
+from .resilience import RetryPolicy
+from .service import EndpointService, ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,29 @@ def build_exchange(config: EndpointConfig, service: EndpointService) -> Exchange
     )
 
 
+def service_settings(config: EndpointConfig) -> ServiceSettings:
+    """The config's milliseconds as the service's seconds."""
+    return ServiceSettings(
+        timeout=config.request_timeout / 1000,
+        retry=RetryPolicy(config.effective_retries, config.retry_backoff / 1000),
+        cache_ttl=config.cache_ttl / 1000,
+        negative_cache_ttl=config.negative_cache_ttl / 1000,
+        cache_max_entries=config.cache_max_entries,
+        respect_cache_control=config.cache_control,
+        stale_if_error=config.stale_if_error / 1000,
+        breaker_failures=config.breaker_failures,
+        breaker_cooldown=config.breaker_cooldown / 1000,
+    )
+
+
 class Endpoint:
     """A running endpoint: listener, open connections and REST client."""
 
     def __init__(self, config: EndpointConfig, user_agent: str) -> None:
         self.config = config
         self._backend = RestBackend(config, user_agent)
-        self._exchange = build_exchange(config, EndpointService(config.name, self._backend))
+        self.service = EndpointService(config.name, self._backend, service_settings(config))
+        self._exchange = build_exchange(config, self.service)
         self._tracker = ConnectionTracker()
         self._server: asyncio.Server | None = None
 

@@ -68,3 +68,14 @@ Outcome = Found | NotFound | TemporaryError | PermanentError | Timeout
 Failure = TemporaryError | PermanentError | Timeout
 
 NOT_FOUND = NotFound()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A lookup outcome with the API's caching instruction (``Cache-Control``).
+
+    ``max_age`` is ``None`` when the API said nothing, ``0`` for ``no-store``/``no-cache``.
+    """
+
+    outcome: Outcome
+    max_age: float | None = None

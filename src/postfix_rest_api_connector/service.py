@@ -1,50 +1,179 @@
 """The lookup service between connections and the REST backend.
 
-It gives each request its id, guards the mail path against any unexpected exception (which becomes
-a temporary error, never "not found"), and is where caching and coalescing belong.
+Per request: an id, then the cache, then coalescing (concurrent lookups of one key share one API
+call), then the circuit breaker and bounded retries inside ``request-timeout``, and, when the API
+fails, the last good answer if it is recent enough. Any unexpected exception becomes a temporary
+error: nothing here can turn a failure into "not found".
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from .cache import CacheKey, LookupCache
 from .log import new_request_id, request_id
-from .model import LookupRequest, Outcome, PolicyRequest, TemporaryError
+from .model import (
+    Answer,
+    Found,
+    LookupRequest,
+    NotFound,
+    Outcome,
+    PolicyRequest,
+    TemporaryError,
+)
+from .resilience import CircuitBreaker, RetryPolicy, is_transient
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", LookupRequest, PolicyRequest)
+_R = TypeVar("_R", LookupRequest, PolicyRequest)
+
+MIN_ATTEMPT = 0.05
+"""Seconds an API attempt needs at least; a retry that would get less is not made."""
 
 
 class Backend(Protocol):
-    async def lookup(self, request: LookupRequest, request_id: str) -> Outcome: ...
+    async def lookup(self, request: LookupRequest, request_id: str, budget: float) -> Answer: ...
 
-    async def check_policy(self, request: PolicyRequest, request_id: str) -> Outcome: ...
+    async def check_policy(
+        self, request: PolicyRequest, request_id: str, budget: float
+    ) -> Outcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """The per-endpoint knobs, in seconds and counts (0 disables a feature)."""
+
+    timeout: float
+    retry: RetryPolicy
+    cache_ttl: float = 0.0
+    negative_cache_ttl: float = 0.0
+    cache_max_entries: int = 10_000
+    respect_cache_control: bool = True
+    stale_if_error: float = 0.0
+    breaker_failures: int = 0
+    breaker_cooldown: float = 5.0
+
+
+@dataclass(slots=True)
+class ServiceStats:
+    """Counters for operators (and, later, metrics)."""
+
+    api_calls: int = 0
+    cache_hits: int = 0
+    coalesced: int = 0
+    stale_answers: int = 0
+    breaker_rejections: int = 0
 
 
 class EndpointService:
-    """Answers one endpoint's requests from its backend."""
+    """Answers one endpoint's requests from its cache and backend."""
 
-    def __init__(self, endpoint_name: str, backend: Backend) -> None:
+    def __init__(self, endpoint_name: str, backend: Backend, settings: ServiceSettings) -> None:
         self._name = endpoint_name
         self._backend = backend
+        self._settings = settings
+        self._cache = LookupCache(settings.cache_max_entries, settings.stale_if_error)
+        self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
+        self._in_flight: dict[CacheKey, asyncio.Task[Outcome]] = {}
+        self.stats = ServiceStats()
+
+    @property
+    def breaker_state(self) -> str:
+        return self._breaker.state.value
 
     async def lookup(self, request: LookupRequest) -> Outcome:
-        return await self._guarded(self._backend.lookup, request)
+        request_id.set(new_request_id())
+        key: CacheKey = (request.map_name, request.key)
+        cached = self._cache.fresh(key, time.monotonic())
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return cached
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._guarded(self._fetch, request))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        else:
+            self.stats.coalesced += 1
+        # shield: a Postfix client that goes away must not cancel the others' shared answer
+        return await asyncio.shield(task)
 
     async def check_policy(self, request: PolicyRequest) -> Outcome:
-        return await self._guarded(self._backend.check_policy, request)
+        request_id.set(new_request_id())
+        return await self._guarded(self._ask_policy, request)
 
-    async def _guarded(self, call: Callable[[R, str], Awaitable[Outcome]], request: R) -> Outcome:
-        rid = new_request_id()
-        request_id.set(rid)
+    async def _guarded(self, call: Callable[[_R], Awaitable[Outcome]], request: _R) -> Outcome:
         try:
-            outcome = await call(request, rid)
+            outcome = await call(request)
         except Exception:
             log.exception("%s: unexpected error, answering a temporary error", self._name)
             return TemporaryError("internal error")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %r -> %r", self._name, request, outcome)
         return outcome
+
+    async def _fetch(self, request: LookupRequest) -> Outcome:
+        key: CacheKey = (request.map_name, request.key)
+        if not self._breaker.allow(time.monotonic()):
+            self.stats.breaker_rejections += 1
+            outcome: Outcome = TemporaryError("API circuit breaker open")
+            max_age = None
+        else:
+            answer = await self._with_retries(
+                lambda rid, left: self._ask_lookup(request, rid, left)
+            )
+            outcome, max_age = answer.outcome, answer.max_age
+            self._breaker.record(outcome, time.monotonic())
+        if isinstance(outcome, Found | NotFound):
+            if self._settings.respect_cache_control and max_age == 0:
+                self._cache.forget(key)  # no-store: keep nothing, not even for outages
+            else:
+                self._cache.store(key, outcome, time.monotonic(), self._ttl(outcome, max_age))
+        elif is_transient(outcome):
+            stale = self._cache.stale(key, time.monotonic())
+            if stale is not None:
+                self.stats.stale_answers += 1
+                log.debug("%s: API failed (%r); answering the last good value", self._name, outcome)
+                return stale
+        return outcome
+
+    async def _ask_lookup(self, request: LookupRequest, rid: str, budget: float) -> Answer:
+        self.stats.api_calls += 1
+        return await self._backend.lookup(request, rid, budget)
+
+    async def _ask_policy(self, request: PolicyRequest) -> Outcome:
+        async def ask(rid: str, budget: float) -> Answer:
+            self.stats.api_calls += 1
+            return Answer(await self._backend.check_policy(request, rid, budget))
+
+        return (await self._with_retries(ask)).outcome
+
+    async def _with_retries(self, ask: Callable[[str, float], Awaitable[Answer]]) -> Answer:
+        """Up to ``retries`` more attempts on transient failures, all within the timeout."""
+        deadline = time.monotonic() + self._settings.timeout
+        rid = request_id.get()
+        attempt = 0
+        while True:
+            answer = await ask(rid, max(deadline - time.monotonic(), MIN_ATTEMPT))
+            if not is_transient(answer.outcome) or attempt >= self._settings.retry.retries:
+                return answer
+            delay = self._settings.retry.delay(attempt)
+            if time.monotonic() + delay + MIN_ATTEMPT > deadline:
+                return answer
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    def _ttl(self, outcome: Found | NotFound, max_age: float | None) -> float:
+        ttl = (
+            self._settings.cache_ttl
+            if isinstance(outcome, Found)
+            else self._settings.negative_cache_ttl
+        )
+        if self._settings.respect_cache_control and max_age is not None:
+            ttl = min(ttl, max_age)
+        return ttl
