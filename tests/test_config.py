@@ -160,3 +160,56 @@ def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.json")
+
+
+def test_auth_token_from_file_or_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    monkeypatch.setenv("CONNECTOR_TOKEN", "from-the-env")
+    config = parse_config(
+        {
+            "endpoints": [
+                _endpoint(name="a", **{"auth-token-file": str(token_file)}),
+                _endpoint(name="b", **{"bind-port": 9002, "auth-token-env": "CONNECTOR_TOKEN"}),
+                _endpoint(name="c", **{"bind-port": 9003}),
+            ]
+        }
+    )
+    assert [endpoint.token() for endpoint in config.endpoints] == [
+        "from-a-file",
+        "from-the-env",
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (
+            {"auth-token": "x", "auth-token-env": "HOME"},
+            "endpoints[0].auth-token-env: give only one of",
+        ),
+        (
+            {"auth-token-env": "SURELY_UNSET_VARIABLE"},
+            "endpoints[0].auth-token-env: environment variable SURELY_UNSET_VARIABLE is not set",
+        ),
+        ({"auth-token": "two\nlines"}, "endpoints[0].auth-token: must be one line"),
+        ({"auth-token": ""}, "endpoints[0].auth-token: must be one line"),
+    ],
+    ids=["two sources", "unset variable", "line break", "empty"],
+)
+def test_auth_token_sources_are_checked_at_load(keys: dict[str, str], expected: str) -> None:
+    problems = _problems({"endpoints": [_endpoint(**keys)]})
+    assert len(problems) == 1
+    assert problems[0].startswith(expected)
+
+
+def test_auth_token_file_must_hold_one_line(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("one\ntwo\n")
+    problems = _problems({"endpoints": [_endpoint(**{"auth-token-file": str(token_file)})]})
+    assert problems == [
+        "endpoints[0].auth-token-file: must be one line of printable ASCII, not empty"
+    ]

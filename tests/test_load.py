@@ -157,6 +157,10 @@ async def test_thousand_connections_with_flapping_api_and_vanishing_clients(
         grown_tasks = len(asyncio.all_tasks()) - tasks
         grown_fds = open_fds() - fds
         grown_rss_mib = (rss_kib() - rss) / 1024
+    print(  # the figures docs/reliability.md quotes (pytest -s shows them)
+        f"\nload: rounds={[dict(tally) for tally in (warm_up, *rounds)]}"
+        f" grown_tasks={grown_tasks} grown_fds={grown_fds} grown_rss_mib={grown_rss_mib:.1f}"
+    )
     for tally in (warm_up, *rounds):
         wrong = [outcome for outcome in tally if outcome.startswith("WRONG")]
         assert not wrong, wrong[:5]

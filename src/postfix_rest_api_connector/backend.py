@@ -140,8 +140,9 @@ class RestBackend:
     @staticmethod
     def _build_client(endpoint: EndpointConfig, user_agent: str) -> Client:
         headers = {"Accept": "application/json"} if endpoint.mode != "policy" else {}
-        if endpoint.auth_token is not None:
-            headers["X-Auth-Token"] = endpoint.auth_token.get_secret_value()
+        token = endpoint.token()
+        if token is not None:
+            headers["X-Auth-Token"] = token
         builder = (
             ClientBuilder()
             .user_agent(user_agent)

@@ -1,4 +1,5 @@
-"""Command line: ``postfix-rest-api-connector CONFIG`` as the predecessors, or ``--demo``."""
+"""Command line: ``postfix-rest-api-connector CONFIG`` as the predecessors, or ``--demo``,
+or one of the administrator's commands ``check-config CONFIG`` and ``query CONFIG ENDPOINT KEY``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import uvloop
 
-from . import __version__, demo
+from . import __version__, commands, demo
 from .config import Config, ConfigError, load_config, parse_config
 from .log import configure
 from .server import Daemon, StartupError
@@ -69,7 +70,53 @@ async def _serve_demo(base_port: int) -> None:
         await runner.cleanup()
 
 
+def _command_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", type=str.upper, default=os.environ.get("LOG_LEVEL", "WARNING")
+    )
+    parser = argparse.ArgumentParser(prog="postfix-rest-api-connector")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser(
+        "check-config", parents=[common], help="validate CONFIG and print what it sets up"
+    )
+    check.add_argument("config")
+    query = sub.add_parser(
+        "query",
+        parents=[common],
+        help="one real request through an endpoint, printed like postmap -q",
+    )
+    query.add_argument("config")
+    query.add_argument("endpoint", help="the endpoint's name")
+    query.add_argument(
+        "key", nargs="+", help="the lookup key, or NAME=VALUE attributes for a policy endpoint"
+    )
+    query.add_argument("--map", help="socketmap: the map name Postfix would send")
+    return parser
+
+
+def _run_command(argv: list[str]) -> int:
+    args = _command_parser().parse_args(argv)
+    configure(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    if args.command == "check-config":
+        return commands.check_config(config, args.config)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(commands.query(config, args.endpoint, args.key, args.map))
+
+
+COMMANDS = frozenset({"check-config", "query"})
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return _run_command(argv)
     args = _parser().parse_args(argv)
     configure(args.log_level)
     if args.demo == (args.config is not None):

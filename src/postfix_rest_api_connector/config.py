@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,8 @@ class EndpointConfig(BaseModel):
     )
     bind_port: int = Field(alias="bind-port", ge=0, le=65535)
     auth_token: SecretStr | None = Field(None, alias="auth-token")
+    auth_token_file: FilePath | None = Field(None, alias="auth-token-file")
+    auth_token_env: str | None = Field(None, alias="auth-token-env", min_length=1)
     request_timeout: Milliseconds = Field(2000, alias="request-timeout", ge=1, le=600_000)
     list_separator: str = Field(",", alias="list-separator")
     idle_timeout: Milliseconds = Field(600_000, alias="idle-timeout", ge=1_000, le=86_400_000)
@@ -114,6 +117,16 @@ class EndpointConfig(BaseModel):
     breaker_failures: int = Field(0, alias="breaker-failures", ge=0, le=1_000_000)
     breaker_cooldown: Milliseconds = Field(5_000, alias="breaker-cooldown", ge=100, le=3_600_000)
 
+    def token(self) -> str | None:
+        """The auth token from whichever source the config names (checked at load)."""
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value()
+        if self.auth_token_file is not None:
+            return self.auth_token_file.read_text(encoding="utf-8").strip()
+        if self.auth_token_env is not None:
+            return os.environ[self.auth_token_env]
+        return None
+
     @property
     def effective_retries(self) -> int:
         """Lookups retry once unless configured; policy requests only when configured."""
@@ -121,7 +134,7 @@ class EndpointConfig(BaseModel):
             return self.retries
         return 0 if self.mode == "policy" else 1
 
-    @field_validator("tls_ca_file", mode="before")
+    @field_validator("tls_ca_file", "auth_token_file", mode="before")
     @classmethod
     def _path_from_string(cls, value: object) -> object:
         return Path(value) if isinstance(value, str) else value
@@ -145,6 +158,37 @@ class Config(BaseModel):
 _LOOKUP_ONLY = frozenset(
     {"cache_ttl", "negative_cache_ttl", "cache_max_entries", "cache_control", "stale_if_error"}
 )
+
+
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
+def _token_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
+    """One token source at most, and it must yield a token now, not at the first lookup."""
+    sources = [
+        key
+        for key, value in (
+            ("auth-token", endpoint.auth_token),
+            ("auth-token-file", endpoint.auth_token_file),
+            ("auth-token-env", endpoint.auth_token_env),
+        )
+        if value is not None
+    ]
+    if len(sources) > 1:
+        yield f"{where}.{sources[1]}: give only one of auth-token, auth-token-file, auth-token-env"
+        return
+    if not sources:
+        return
+    if endpoint.auth_token_env is not None and endpoint.auth_token_env not in os.environ:
+        yield f"{where}.auth-token-env: environment variable {endpoint.auth_token_env} is not set"
+        return
+    try:
+        token = endpoint.token() or ""
+    except (OSError, UnicodeDecodeError) as error:
+        yield f"{where}.auth-token-file: cannot read: {error.__class__.__name__}"
+        return
+    if not _HEADER_VALUE.fullmatch(token):
+        yield f"{where}.{sources[0]}: must be one line of printable ASCII, not empty"
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:
@@ -180,6 +224,7 @@ def _cross_checks(config: Config) -> Iterator[str]:
                 f" is already used by endpoints[{other}]"
             )
         first_on_address.setdefault(address, index)
+        yield from _token_problems(endpoint, where)
         if endpoint.mode != "policy":
             for field, key in (
                 ("failure_action", "failure-action"),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from .config import Config
 from .endpoint import Endpoint
+from .systemd import notify
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ class Daemon:
             await self.start()
             if announce is not None:
                 announce(self)
+            notify(f"READY=1\nSTATUS=serving {len(self.endpoints)} endpoint(s)")
             await self._stop.wait()
             for endpoint in self.endpoints:
                 endpoint.stop_accepting()
+            notify("STOPPING=1")
             log.info("stopping: answering requests already received, then closing")
             await self.stop()
         finally:

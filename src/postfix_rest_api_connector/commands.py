@@ -1,0 +1,83 @@
+"""The administrator's one-shot commands: ``check-config`` and ``query``."""
+
+from __future__ import annotations
+
+import sys
+
+from .backend import RestBackend
+from .codecs import policy
+from .config import Config, EndpointConfig
+from .endpoint import service_settings
+from .model import Found, LookupRequest, NotFound, Outcome, PolicyRequest
+from .replies import policy_reply, socketmap_reply, tcp_table_reply
+from .service import EndpointService
+
+EX_TEMPFAIL = 75
+"""sysexits.h: the lookup failed (Postfix would defer); 0 is found, 1 not found, like postmap."""
+
+
+def _listen_address(endpoint: EndpointConfig) -> str:
+    host = endpoint.bind_address
+    return f"[{host}]:{endpoint.bind_port}" if ":" in host else f"{host}:{endpoint.bind_port}"
+
+
+def _token_source(endpoint: EndpointConfig) -> str:
+    if endpoint.auth_token is not None:
+        return "inline"
+    if endpoint.auth_token_file is not None:
+        return f"file {endpoint.auth_token_file}"
+    if endpoint.auth_token_env is not None:
+        return f"env {endpoint.auth_token_env}"
+    return "none"
+
+
+def check_config(config: Config, path: str) -> int:
+    """Print what the config sets up; secrets are named by source, never shown."""
+    print(f"{path}: OK, {len(config.endpoints)} endpoint(s), user-agent {config.user_agent!r}")
+    for endpoint in config.endpoints:
+        print(
+            f"  {endpoint.name}: {endpoint.mode} on {_listen_address(endpoint)} -> "
+            f"{endpoint.target} (token: {_token_source(endpoint)},"
+            f" timeout {endpoint.request_timeout} ms)"
+        )
+    return 0
+
+
+async def query(config: Config, endpoint_name: str, args: list[str], map_name: str | None) -> int:
+    """One real request through the endpoint's service, printed as ``postmap -q`` would.
+
+    The exact reply Postfix would receive goes to stderr; a found value to stdout.
+    """
+    endpoint = next((e for e in config.endpoints if e.name == endpoint_name), None)
+    if endpoint is None:
+        names = ", ".join(e.name for e in config.endpoints)
+        print(f"no endpoint named {endpoint_name!r} (endpoints: {names})", file=sys.stderr)
+        return 2
+    backend = RestBackend(endpoint, config.user_agent)
+    service = EndpointService(endpoint.name, backend, service_settings(endpoint))
+    try:
+        outcome, reply = await _ask(endpoint, service, args, map_name)
+    finally:
+        await backend.close()
+    print(f"postfix gets: {reply!r}", file=sys.stderr)
+    if isinstance(outcome, Found):
+        print(outcome.value)
+        return 0
+    return 1 if isinstance(outcome, NotFound) else EX_TEMPFAIL
+
+
+async def _ask(
+    endpoint: EndpointConfig, service: EndpointService, args: list[str], map_name: str | None
+) -> tuple[Outcome, bytes]:
+    if endpoint.mode == "policy":
+        attributes = tuple(
+            (name.encode(), value.encode()) for name, _, value in (a.partition("=") for a in args)
+        )
+        outcome = await service.check_policy(PolicyRequest(attributes))
+        return outcome, policy_reply(outcome, policy.encode_reply(endpoint.failure_action))
+    key = " ".join(args).encode()
+    if endpoint.mode == "socketmap-lookup":
+        outcome = await service.lookup(LookupRequest(key, (map_name or "").encode()))
+        return outcome, socketmap_reply(outcome)
+    outcome = await service.lookup(LookupRequest(key))
+    return outcome, tcp_table_reply(outcome)
