@@ -57,7 +57,7 @@ async def test_check_config_reports_problems_with_exit_78(tmp_path: Path) -> Non
     assert status == 78
     assert stdout == ""
     assert "config error: endpoints[0].mode: Input should be" in stderr
-    assert "config error: endpoints[0].bind-port: Field required" in stderr
+    assert "config error: endpoints[0].target: must be an http" not in stderr
 
 
 @pytest.mark.parametrize(

@@ -133,7 +133,7 @@ def test_duplicate_names_and_addresses_are_rejected() -> None:
     )
     assert problems == [
         "endpoints[2].name: duplicate name 'a' (also endpoints[0])",
-        "endpoints[2].bind-port: 127.0.0.1 port 9001 is already used by endpoints[0]",
+        "endpoints[2].bind-port: 127.0.0.1:9001 is already used by endpoints[0]",
     ]
 
 

@@ -16,11 +16,6 @@ EX_TEMPFAIL = 75
 """sysexits.h: the lookup failed (Postfix would defer); 0 is found, 1 not found, like postmap."""
 
 
-def _listen_address(endpoint: EndpointConfig) -> str:
-    host = endpoint.bind_address
-    return f"[{host}]:{endpoint.bind_port}" if ":" in host else f"{host}:{endpoint.bind_port}"
-
-
 def _token_source(endpoint: EndpointConfig) -> str:
     if endpoint.auth_token is not None:
         return "inline"
@@ -36,7 +31,7 @@ def check_config(config: Config, path: str) -> int:
     print(f"{path}: OK, {len(config.endpoints)} endpoint(s), user-agent {config.user_agent!r}")
     for endpoint in config.endpoints:
         print(
-            f"  {endpoint.name}: {endpoint.mode} on {_listen_address(endpoint)} -> "
+            f"  {endpoint.name}: {endpoint.mode} on {endpoint.listen_description} -> "
             f"{endpoint.target} (token: {_token_source(endpoint)},"
             f" timeout {endpoint.request_timeout} ms)"
         )

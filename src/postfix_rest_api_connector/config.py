@@ -24,6 +24,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from . import __version__
@@ -89,7 +90,12 @@ class EndpointConfig(BaseModel):
     bind_address: Annotated[str, AfterValidator(_check_bind_address)] = Field(
         "127.0.0.1", alias="bind-address"
     )
-    bind_port: int = Field(alias="bind-port", ge=0, le=65535)
+    bind_port: int | None = Field(None, alias="bind-port", ge=0, le=65535)
+    bind_path: str | None = Field(None, alias="bind-path", pattern=r"^/.+", max_length=100)
+    socket_mode: str = Field("0660", alias="socket-mode", pattern=r"^0?[0-7]{3}$")
+    socket_owner: str | None = Field(
+        None, alias="socket-owner", pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.-]+)?$"
+    )
     auth_token: SecretStr | None = Field(None, alias="auth-token")
     auth_token_file: FilePath | None = Field(None, alias="auth-token-file")
     auth_token_env: str | None = Field(None, alias="auth-token-env", min_length=1)
@@ -116,6 +122,24 @@ class EndpointConfig(BaseModel):
     retry_backoff: Milliseconds = Field(25, alias="retry-backoff", ge=1, le=60_000)
     breaker_failures: int = Field(0, alias="breaker-failures", ge=0, le=1_000_000)
     breaker_cooldown: Milliseconds = Field(5_000, alias="breaker-cooldown", ge=100, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _one_listener(self) -> EndpointConfig:
+        """A TCP port or a unix socket path: exactly one (reported with the key's name)."""
+        if self.bind_port is None and self.bind_path is None:
+            raise ValueError("bind-port: Field required (or bind-path for a unix socket)")
+        if self.bind_port is not None and self.bind_path is not None:
+            raise ValueError("bind-path: give either bind-port or bind-path, not both")
+        if self.bind_path is None and self.model_fields_set & {"socket_mode", "socket_owner"}:
+            raise ValueError("socket-mode: socket-mode and socket-owner only apply with bind-path")
+        return self
+
+    @property
+    def listen_description(self) -> str:
+        if self.bind_path is not None:
+            return f"unix:{self.bind_path}"
+        host = self.bind_address
+        return f"[{host}]:{self.bind_port}" if ":" in host else f"{host}:{self.bind_port}"
 
     def token(self) -> str | None:
         """The auth token from whichever source the config names (checked at load)."""
@@ -191,6 +215,9 @@ def _token_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
         yield f"{where}.{sources[0]}: must be one line of printable ASCII, not empty"
 
 
+_NAMED_KEY = re.compile(r"([a-z][a-z-]*): (.*)", re.DOTALL)
+
+
 def _key_path(location: tuple[int | str, ...]) -> str:
     path = ""
     for part in location:
@@ -202,6 +229,8 @@ def _describe(error: dict[str, Any]) -> str:
     location = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
     message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
     message = message.removeprefix("Value error, ")
+    if error["type"] == "value_error" and (named := _NAMED_KEY.match(message)):
+        location, message = (*location, named[1]), named[2]  # a model check naming its key
     return f"{_key_path(location)}: {message}"
 
 
@@ -216,11 +245,12 @@ def _cross_checks(config: Config) -> Iterator[str]:
             other = first_with_name[endpoint.name]
             yield f"{where}.name: duplicate name {endpoint.name!r} (also endpoints[{other}])"
         first_with_name.setdefault(endpoint.name, index)
-        address = (endpoint.bind_address.lower(), endpoint.bind_port)
-        if endpoint.bind_port and address in first_on_address:
+        address = (endpoint.bind_path or endpoint.bind_address.lower(), endpoint.bind_port or 0)
+        if (endpoint.bind_port or endpoint.bind_path) and address in first_on_address:
             other = first_on_address[address]
+            key = "bind-path" if endpoint.bind_path else "bind-port"
             yield (
-                f"{where}.bind-port: {endpoint.bind_address} port {endpoint.bind_port}"
+                f"{where}.{key}: {endpoint.listen_description}"
                 f" is already used by endpoints[{other}]"
             )
         first_on_address.setdefault(address, index)

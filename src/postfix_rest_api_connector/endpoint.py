@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar, cast
 
+from . import unix_socket
 from .backend import RestBackend
 from .codecs import Decoder, policy
 from .codecs.policy import PolicyDecoder
@@ -80,6 +82,7 @@ class Endpoint:
         self._exchange = build_exchange(config, self.service)
         self._tracker = ConnectionTracker()
         self._server: asyncio.Server | None = None
+        self._socket_inode: int | None = None
 
     async def start(self) -> None:
         """Bind and listen; an ``OSError`` (port taken, no such address) reaches the caller."""
@@ -89,18 +92,29 @@ class Endpoint:
             read_timeout=self.config.read_timeout / 1000,
             max_connections=self.config.max_connections,
         )
-        self._server = await loop.create_server(
-            lambda: Connection(self._exchange, self._tracker, limits),
-            self.config.bind_address,
-            self.config.bind_port,
-            reuse_address=True,
-            backlog=1024,
-        )
+        path = self.config.bind_path
+        if path is not None:
+            unix_socket.clear_stale_socket(path)
+            self._server = await loop.create_unix_server(
+                lambda: Connection(self._exchange, self._tracker, limits), path, backlog=1024
+            )
+            self._socket_inode = os.lstat(path).st_ino
+            unix_socket.set_permissions(path, self.config.socket_mode, self.config.socket_owner)
+            where = f"unix:{path}"
+        else:
+            self._server = await loop.create_server(
+                lambda: Connection(self._exchange, self._tracker, limits),
+                self.config.bind_address,
+                self.config.bind_port,
+                reuse_address=True,
+                backlog=1024,
+            )
+            where = ", ".join(f"{host}:{port}" for host, port in self.addresses)
         log.info(
             "endpoint %s (%s) listening on %s, asking %s",
             self.config.name,
             self.config.mode,
-            ", ".join(f"{host}:{port}" for host, port in self.addresses),
+            where,
             self.config.target,
         )
         exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
@@ -114,14 +128,17 @@ class Endpoint:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """The bound addresses (the real port when the config said 0)."""
-        if self._server is None:
+        """The bound TCP addresses (the real port when the config said 0)."""
+        if self._server is None or self.config.bind_path is not None:
             return []
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.config.bind_path is not None and self._socket_inode is not None:
+            unix_socket.remove_socket(self.config.bind_path, self._socket_inode)
+            self._socket_inode = None
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, answer what was received, close; then release the REST client."""

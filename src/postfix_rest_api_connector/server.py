@@ -32,7 +32,7 @@ class Daemon:
                 await endpoint.start()
             except OSError as error:
                 await self.stop()
-                where = f"{endpoint.config.bind_address}:{endpoint.config.bind_port}"
+                where = endpoint.config.listen_description
                 raise StartupError(
                     f"endpoints[{index}] ({endpoint.config.name}): cannot listen on {where}:"
                     f" {error.strerror or error}"
