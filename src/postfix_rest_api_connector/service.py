@@ -119,16 +119,8 @@ class EndpointService:
 
     async def _fetch(self, request: LookupRequest) -> Outcome:
         key: CacheKey = (request.map_name, request.key)
-        if not self._breaker.allow(time.monotonic()):
-            self.stats.breaker_rejections += 1
-            outcome: Outcome = TemporaryError("API circuit breaker open")
-            max_age = None
-        else:
-            answer = await self._with_retries(
-                lambda rid, left: self._ask_lookup(request, rid, left)
-            )
-            outcome, max_age = answer.outcome, answer.max_age
-            self._breaker.record(outcome, time.monotonic())
+        answer = await self._through_breaker(lambda rid, left: self._ask_lookup(request, rid, left))
+        outcome, max_age = answer.outcome, answer.max_age
         if isinstance(outcome, Found | NotFound):
             if self._settings.respect_cache_control and max_age == 0:
                 self._cache.forget(key)  # no-store: keep nothing, not even for outages
@@ -151,7 +143,21 @@ class EndpointService:
             self.stats.api_calls += 1
             return Answer(await self._backend.check_policy(request, rid, budget))
 
-        return (await self._with_retries(ask)).outcome
+        return (await self._through_breaker(ask)).outcome
+
+    async def _through_breaker(self, ask: Callable[[str, float], Awaitable[Answer]]) -> Answer:
+        """Fail at once while the breaker is open; every attempt's end is recorded, even an
+        exception or a cancellation, so a half-open breaker can never get stuck."""
+        if not self._breaker.allow(time.monotonic()):
+            self.stats.breaker_rejections += 1
+            return Answer(TemporaryError("API circuit breaker open"))
+        outcome: Outcome = TemporaryError("interrupted")
+        try:
+            answer = await self._with_retries(ask)
+            outcome = answer.outcome
+            return answer
+        finally:
+            self._breaker.record(outcome, time.monotonic())
 
     async def _with_retries(self, ask: Callable[[str, float], Awaitable[Answer]]) -> Answer:
         """Up to ``retries`` more attempts on transient failures, all within the timeout."""
