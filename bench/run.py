@@ -1,0 +1,322 @@
+"""Run the benchmark scenarios against the real connector and print the table.
+
+Started by ``bench/run.sh``, which installs nginx with the echo module and builds the load
+generator. Each scenario starts a fresh connector process with one endpoint, drives it with
+``loadgen`` (N persistent Postfix-like connections), and reads the connector's CPU time and memory
+from /proc. nginx is the API: ``echo_sleep`` adds the latency without burning CPU.
+Loopback only; every run is bounded in time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+
+NGINX_CONF = """
+load_module {echo_module};
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp};
+    proxy_temp_path {tmp};
+    fastcgi_temp_path {tmp};
+    uwsgi_temp_path {tmp};
+    scgi_temp_path {tmp};
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /status {{ stub_status; }}
+        location = /lookup/0 {{ default_type application/json; echo '["value"]'; }}
+        location = /lookup/30 {{
+            default_type application/json; echo_sleep 0.03; echo '["value"]';
+        }}
+        location = /policy/0 {{ default_type text/plain; echo 'action=DUNNO'; }}
+        location = /policy/30 {{ default_type text/plain; echo_sleep 0.03; echo 'action=DUNNO'; }}
+    }}
+}}
+"""
+
+MODES = {"tcp": "tcp-lookup", "socketmap": "socketmap-lookup", "policy": "policy"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    mode: str
+    latency_ms: int
+    conns: int
+    hot_keys: int = 0
+    cache: bool = False
+
+    @property
+    def name(self) -> str:
+        keys = f" hot{self.hot_keys}" if self.hot_keys else ""
+        cache = " cache" if self.cache else ""
+        return f"{self.mode} {self.latency_ms}ms {self.conns}c{keys}{cache}"
+
+    @property
+    def bound(self) -> float | None:
+        """Little's law: N connections with one request each, each taking the API's latency."""
+        return self.conns / (self.latency_ms / 1000) if self.latency_ms else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {
+        key: int(re.search(rf"^{key}:\s+(\d+)", status, re.MULTILINE)[1]) / 1024  # type: ignore[index]
+        for key in ("VmRSS", "VmHWM")
+    }
+
+
+def nginx_accepts(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
+        numbers = response.read().decode().splitlines()[2].split()
+    return int(numbers[0])
+
+
+def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(echo_module=ECHO_MODULE, tmp=tmp, port=port))
+    process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            nginx_accepts(port)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        return process, port
+    raise RuntimeError(f"nginx did not start: {(tmp / 'nginx-error.log').read_text()}")
+
+
+def start_connector(
+    tmp: Path, scenario: Scenario, api_port: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    path = "policy" if scenario.mode == "policy" else "lookup"
+    endpoint: dict[str, Any] = {
+        "name": "bench",
+        "mode": MODES[scenario.mode],
+        "target": f"http://127.0.0.1:{api_port}/{path}/{scenario.latency_ms}",
+        "bind-port": port,
+        "request-timeout": 5000,
+        "max-connections": 10000,
+    }
+    if scenario.cache:
+        endpoint["cache-ttl"] = 60_000
+    config = tmp / "connector.json"
+    config.write_text(json.dumps({"endpoints": [endpoint]}))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "postfix_rest_api_connector", str(config), "--log-level", "WARNING"]
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            time.sleep(0.05)
+            continue
+        return process, port
+    process.kill()
+    raise RuntimeError("the connector did not start")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_loadgen(
+    loadgen: Path, *, mode: str, port: int, conns: int, warmup: float, duration: float, keys: int
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            str(loadgen),
+            *("--mode", mode, "--port", str(port), "--conns", str(conns)),
+            *("--warmup", str(warmup), "--duration", str(duration), "--keys", str(keys)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def measure(
+    loadgen: Path, tmp: Path, scenario: Scenario, *, api_port: int, warmup: float, duration: float
+) -> dict[str, Any]:
+    connector, port = start_connector(tmp, scenario, api_port)
+    try:
+        generator = run_loadgen(
+            loadgen,
+            mode=scenario.mode,
+            port=port,
+            conns=scenario.conns,
+            warmup=warmup,
+            duration=duration,
+            keys=scenario.hot_keys,
+        )
+        time.sleep(warmup)
+        cpu_start, accepts_start = cpu_seconds(connector.pid), nginx_accepts(api_port)
+        time.sleep(duration)
+        cpu_end, accepts_end = cpu_seconds(connector.pid), nginx_accepts(api_port)
+        memory = memory_mib(connector.pid)
+        out, _ = generator.communicate(timeout=60)
+        if generator.returncode != 0:
+            raise RuntimeError(f"loadgen failed for {scenario.name}")
+        result: dict[str, Any] = json.loads(out)
+    finally:
+        stop(connector)
+    requests = max(result["requests"], 1)
+    result["cpu_us_per_req"] = (cpu_end - cpu_start) / requests * 1e6
+    result["new_api_conns_per_1000"] = (accepts_end - accepts_start - 2) / requests * 1000
+    result.update(memory)
+    if scenario.bound:
+        result["of_bound"] = result["req_per_s"] / scenario.bound
+    return result
+
+
+def loadgen_capacity(loadgen: Path, duration: float) -> dict[str, dict[str, float]]:
+    """The generator against a stub that answers at once: its own CPU per request."""
+    capacity = {}
+    for mode in MODES:
+        port = free_port()
+        stub = subprocess.Popen([str(loadgen), "--stub", "--mode", mode, "--port", str(port)])
+        try:
+            time.sleep(0.3)
+            before = os.times()
+            generator = run_loadgen(
+                loadgen, mode=mode, port=port, conns=100, warmup=1, duration=duration, keys=0
+            )
+            out, _ = generator.communicate(timeout=60)
+            after = os.times()
+            result = json.loads(out)
+            child_cpu = (after.children_user - before.children_user) + (
+                after.children_system - before.children_system
+            )
+            capacity[mode] = {
+                "req_per_s": result["req_per_s"],
+                "loadgen_cpu_us_per_req": child_cpu / max(result["requests"], 1) * 1e6,
+            }
+        finally:
+            stub.terminate()
+            stub.wait()
+    return capacity
+
+
+SCENARIO_SETS = {
+    "all": [
+        Scenario(mode, latency, conns)
+        for mode in MODES
+        for latency in (0, 30)
+        for conns in (100, 1000)
+    ]
+    + [Scenario("tcp", 30, 100, hot_keys=100), Scenario("tcp", 30, 100, hot_keys=100, cache=True)],
+    "quick": [Scenario(mode, latency, 100) for mode in MODES for latency in (0, 30)],
+    "hotkeys": [
+        Scenario("tcp", 30, 100, hot_keys=100),
+        Scenario("tcp", 30, 100, hot_keys=100, cache=True),
+    ],
+}
+
+
+def table(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -> str:
+    lines = [
+        "| scenario | bound req/s | req/s | of bound | p50 ms | p99 ms | p99.9 ms | max ms"
+        " | errors | CPU us/req | new API conns /1000 | VmRSS MiB | VmHWM MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in scenarios:
+        runs = results[scenario.name]
+
+        def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
+            return float(statistics.median(run[key] for run in runs))
+
+        bound = f"{scenario.bound:,.0f}" if scenario.bound else "-"
+        of_bound = f"{median('of_bound'):.1%}" if scenario.bound else "-"
+        lines.append(
+            f"| {scenario.name} | {bound} | {median('req_per_s'):,.0f} | {of_bound}"
+            f" | {median('p50_ms'):.2f} | {median('p99_ms'):.2f} | {median('p999_ms'):.2f}"
+            f" | {median('max_ms'):.1f} | {max(run['errors'] for run in runs)}"
+            f" | {median('cpu_us_per_req'):.1f} | {median('new_api_conns_per_1000'):.2f}"
+            f" | {median('VmRSS'):.0f} | {median('VmHWM'):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--loadgen", type=Path, required=True)
+    parser.add_argument("--scenarios", choices=sorted(SCENARIO_SETS), default="all")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--results", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    scenarios = SCENARIO_SETS[args.scenarios]
+    with tempfile.TemporaryDirectory(prefix="bench") as directory:
+        tmp = Path(directory)
+        nginx, api_port = start_nginx(tmp)
+        try:
+            capacity = loadgen_capacity(args.loadgen, args.duration)
+            print("load generator against a stub:", json.dumps(capacity), flush=True)
+            results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
+            for run in range(args.runs):
+                for scenario in scenarios:
+                    result = measure(
+                        args.loadgen,
+                        tmp,
+                        scenario,
+                        api_port=api_port,
+                        warmup=args.warmup,
+                        duration=args.duration,
+                    )
+                    results[scenario.name].append(result)
+                    print(f"run {run + 1} {scenario.name}: {json.dumps(result)}", flush=True)
+        finally:
+            nginx.terminate()
+            nginx.wait()
+    args.results.write_text(json.dumps({"loadgen": capacity, "results": results}, indent=1))
+    print()
+    print(table(results, scenarios))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The benchmark suite, one command: installs nginx with the echo module (the fake API) and the
+# connector, builds the load generator, runs every scenario 3 times and prints the table of
+# medians. Run it on an otherwise idle machine. Arguments go to bench/run.py
+# (--scenarios quick|all|hotkeys, --runs N, --duration S, --warmup S).
+set -euo pipefail
+. "$(dirname "$0")/../scripts/lib.sh"
+cd "$ROOT"
+ensure_venv
+if ! command -v nginx >/dev/null 2>&1 || [ ! -f /usr/lib/nginx/modules/ngx_http_echo_module.so ]; then
+    # policy-rc.d: install nginx without starting Debian's own nginx service on port 80
+    had_policy=$([ -e /usr/sbin/policy-rc.d ] && echo yes || echo no)
+    [ "$had_policy" = yes ] || as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+    apt_install nginx-light libnginx-mod-http-echo
+    [ "$had_policy" = yes ] || as_root rm -f /usr/sbin/policy-rc.d
+fi
+command -v gcc >/dev/null 2>&1 || apt_install gcc libc6-dev
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+gcc -O2 -Wall -Wextra -o "$build/loadgen" bench/loadgen.c
+"$VENV/bin/python" bench/run.py --loadgen "$build/loadgen" "$@"
