@@ -163,7 +163,7 @@ class RestBackend:
         name = quote_from_bytes(request.map_name, safe="")
         return f"{self._query_prefix}name={name}&key={key}"
 
-    async def lookup(self, request: LookupRequest, request_id: str, budget: float) -> Answer:
+    async def lookup(self, request: LookupRequest, request_id: str, budget: float | None) -> Answer:
         builder = self._client.get(self.lookup_url(request))
         try:
             status, body, headers = await self._send(builder, request_id, budget)
@@ -172,7 +172,9 @@ class RestBackend:
         outcome = lookup_outcome(status, body, headers.get("content-type"), self._separator)
         return Answer(outcome, cache_max_age(headers.get("cache-control")))
 
-    async def check_policy(self, request: PolicyRequest, request_id: str, budget: float) -> Outcome:
+    async def check_policy(
+        self, request: PolicyRequest, request_id: str, budget: float | None
+    ) -> Outcome:
         builder = (
             self._client.post(self._target)
             .header("Content-Type", _FORM)
@@ -185,13 +187,16 @@ class RestBackend:
         return policy_outcome(status, body)
 
     async def _send(
-        self, builder: RequestBuilder, request_id: str, budget: float
+        self, builder: RequestBuilder, request_id: str, budget: float | None
     ) -> tuple[int, bytes, Mapping[str, str]]:
         """Status, body (read only for a 200, and only up to the limit) and headers.
 
-        ``budget`` is the time left for this attempt, enforced by the HTTP client itself.
+        ``budget`` is the time left for a retry, enforced by the HTTP client itself; ``None``
+        (a first attempt) leaves the client's own ``request-timeout``.
         """
-        builder = builder.header("X-Request-Id", request_id).timeout(timedelta(seconds=budget))
+        builder = builder.header("X-Request-Id", request_id)
+        if budget is not None:
+            builder = builder.timeout(timedelta(seconds=budget))
         async with builder.build_streamed() as response:
             status = response.status
             if status == 200:

@@ -152,8 +152,8 @@ class Connection(asyncio.Protocol):
             self._idle_timer.cancel()
         if self._read_deadline is not None:
             self._read_deadline.cancel()
-        if self._in_flight is not None:
-            self._in_flight.cancel()
+        # A request in flight is left to finish (bounded by request-timeout): its API call may be
+        # shared with other connections' lookups of the same key; its answer is dropped.
         self._waiting.clear()
 
     def pause_writing(self) -> None:

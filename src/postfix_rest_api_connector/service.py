@@ -37,10 +37,12 @@ MIN_ATTEMPT = 0.05
 
 
 class Backend(Protocol):
-    async def lookup(self, request: LookupRequest, request_id: str, budget: float) -> Answer: ...
+    async def lookup(
+        self, request: LookupRequest, request_id: str, budget: float | None
+    ) -> Answer: ...
 
     async def check_policy(
-        self, request: PolicyRequest, request_id: str, budget: float
+        self, request: PolicyRequest, request_id: str, budget: float | None
     ) -> Outcome: ...
 
 
@@ -79,7 +81,7 @@ class EndpointService:
         self._settings = settings
         self._cache = LookupCache(settings.cache_max_entries, settings.stale_if_error)
         self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
-        self._in_flight: dict[CacheKey, asyncio.Task[Outcome]] = {}
+        self._in_flight: dict[CacheKey, asyncio.Future[Outcome]] = {}
         self.stats = ServiceStats()
 
     @property
@@ -93,15 +95,23 @@ class EndpointService:
         if cached is not None:
             self.stats.cache_hits += 1
             return cached
-        task = self._in_flight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._guarded(self._fetch, request))
-            self._in_flight[key] = task
-            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
-        else:
+        shared = self._in_flight.get(key)
+        if shared is not None:
             self.stats.coalesced += 1
-        # shield: a Postfix client that goes away must not cancel the others' shared answer
-        return await asyncio.shield(task)
+            # shield: a waiter that is cancelled must not cancel the others' shared answer
+            return await asyncio.shield(shared)
+        # The first asker fetches inline (no extra task on the common path) and publishes the
+        # outcome to whoever asks meanwhile. Connections never cancel a request in flight, so
+        # the fetch runs to its end even if this asker's client has gone.
+        shared = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = shared
+        outcome: Outcome = TemporaryError("interrupted")
+        try:
+            outcome = await self._guarded(self._fetch, request)
+            return outcome
+        finally:
+            del self._in_flight[key]
+            shared.set_result(outcome)
 
     async def check_policy(self, request: PolicyRequest) -> Outcome:
         request_id.set(new_request_id())
@@ -134,18 +144,20 @@ class EndpointService:
                 return stale
         return outcome
 
-    async def _ask_lookup(self, request: LookupRequest, rid: str, budget: float) -> Answer:
+    async def _ask_lookup(self, request: LookupRequest, rid: str, budget: float | None) -> Answer:
         self.stats.api_calls += 1
         return await self._backend.lookup(request, rid, budget)
 
     async def _ask_policy(self, request: PolicyRequest) -> Outcome:
-        async def ask(rid: str, budget: float) -> Answer:
+        async def ask(rid: str, budget: float | None) -> Answer:
             self.stats.api_calls += 1
             return Answer(await self._backend.check_policy(request, rid, budget))
 
         return (await self._through_breaker(ask)).outcome
 
-    async def _through_breaker(self, ask: Callable[[str, float], Awaitable[Answer]]) -> Answer:
+    async def _through_breaker(
+        self, ask: Callable[[str, float | None], Awaitable[Answer]]
+    ) -> Answer:
         """Fail at once while the breaker is open; every attempt's end is recorded, even an
         exception or a cancellation, so a half-open breaker can never get stuck."""
         if not self._breaker.allow(time.monotonic()):
@@ -159,13 +171,14 @@ class EndpointService:
         finally:
             self._breaker.record(outcome, time.monotonic())
 
-    async def _with_retries(self, ask: Callable[[str, float], Awaitable[Answer]]) -> Answer:
+    async def _with_retries(self, ask: Callable[[str, float | None], Awaitable[Answer]]) -> Answer:
         """Up to ``retries`` more attempts on transient failures, all within the timeout."""
         deadline = time.monotonic() + self._settings.timeout
         rid = request_id.get()
         attempt = 0
+        budget = None  # the first attempt has the whole timeout, the client's default
         while True:
-            answer = await ask(rid, max(deadline - time.monotonic(), MIN_ATTEMPT))
+            answer = await ask(rid, budget)
             if not is_transient(answer.outcome) or attempt >= self._settings.retry.retries:
                 return answer
             delay = self._settings.retry.delay(attempt)
@@ -173,6 +186,7 @@ class EndpointService:
                 return answer
             await asyncio.sleep(delay)
             attempt += 1
+            budget = max(deadline - time.monotonic(), MIN_ATTEMPT)
 
     def _ttl(self, outcome: Found | NotFound, max_age: float | None) -> float:
         ttl = (
