@@ -205,7 +205,8 @@ def measure(
         stop(connector)
     requests = max(result["requests"], 1)
     result["cpu_us_per_req"] = (cpu_end - cpu_start) / requests * 1e6
-    result["new_api_conns_per_1000"] = (accepts_end - accepts_start - 2) / requests * 1000
+    # the second status request is itself one accepted connection
+    result["new_api_conns_per_1000"] = (accepts_end - accepts_start - 1) / requests * 1000
     result.update(memory)
     if scenario.bound:
         result["of_bound"] = result["req_per_s"] / scenario.bound
