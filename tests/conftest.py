@@ -146,3 +146,9 @@ async def exchange(
         return await asyncio.wait_for(reader.readexactly(expect_bytes), 10)
     finally:
         writer.close()
+
+
+def netstring(text: str) -> bytes:
+    """A socketmap reply as the connector must send it."""
+    payload = text.encode()
+    return b"%d:%s," % (len(payload), payload)

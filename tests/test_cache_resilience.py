@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pytest
 from aiohttp import web
 
-from conftest import FakeApi, endpoint_address, endpoint_config, running_connector
+from conftest import FakeApi, endpoint_address, endpoint_config, netstring, running_connector
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION, ConfigError, parse_config
 from postfix_rest_api_connector.server import Daemon
 from postfix_rest_api_connector.service import EndpointService
@@ -114,11 +114,6 @@ async def ask(mode: str, address: tuple[str, int], key: str, map_name: str = "al
         return await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
     finally:
         writer.close()
-
-
-def netstring(text: str) -> bytes:
-    payload = text.encode()
-    return b"%d:%s," % (len(payload), payload)
 
 
 def found(mode: str, value: str) -> bytes:

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 import pytest
 from aiohttp import web
 
-from conftest import FakeApi, endpoint_address, endpoint_config, running_connector
+from conftest import FakeApi, endpoint_address, endpoint_config, netstring, running_connector
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
 
 FAILURE = f"action={DEFAULT_FAILURE_ACTION}\n\n".encode()
@@ -38,10 +38,6 @@ async def connected(
         writer.close()
         with suppress(ConnectionError):
             await writer.wait_closed()
-
-
-def netstring(text: str) -> bytes:
-    return b"%d:%s," % (len(text.encode()), text.encode())
 
 
 async def read_all(reader: asyncio.StreamReader) -> bytes:

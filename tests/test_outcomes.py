@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import pytest
 from aiohttp import web
 
-from conftest import FakeApi, endpoint_address, endpoint_config, running_connector
+from conftest import FakeApi, endpoint_address, endpoint_config, netstring, running_connector
 from postfix_rest_api_connector import __version__
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
 
@@ -42,11 +42,6 @@ async def ask(mode: str, address: tuple[str, int], key: str) -> bytes:
         return await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
     finally:
         writer.close()
-
-
-def netstring(text: str) -> bytes:
-    payload = text.encode()
-    return b"%d:%s," % (len(payload), payload)
 
 
 @dataclass(frozen=True)

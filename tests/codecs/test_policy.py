@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from feeding import Decoded, replay, split_reads
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,7 +13,6 @@ from postfix_rest_api_connector.codecs.errors import FramingError, RequestTooLar
 from postfix_rest_api_connector.codecs.policy import DEFAULT_MAX_REQUEST, PolicyDecoder
 from postfix_rest_api_connector.model import Malformed, PolicyRequest
 
-Decoded = list[PolicyRequest | Malformed]
 Attributes = tuple[tuple[bytes, bytes], ...]
 
 READ_SIZES = (1, 16, 128, 4096)
@@ -109,27 +109,6 @@ GOLDEN = [
 def serialize(attributes: Attributes) -> bytes:
     """As smtpd writes a request: ``name=value\\n`` per attribute, then an empty line."""
     return b"".join(name + b"=" + value + b"\n" for name, value in attributes) + b"\n"
-
-
-def replay(decoder: PolicyDecoder, stream: bytes, read_size: int) -> Decoded:
-    """Feed ``stream`` as reads of ``read_size`` bytes; everything decoded, in order."""
-    decoded: Decoded = []
-    for offset in range(0, len(stream), read_size):
-        decoded.extend(decoder.feed(stream[offset : offset + read_size]))
-    return decoded
-
-
-def split_reads(stream: bytes, sizes: Sequence[int]) -> list[bytes]:
-    """``stream`` cut into reads whose sizes cycle through ``sizes``."""
-    reads = []
-    offset = 0
-    turn = 0
-    while offset < len(stream):
-        size = sizes[turn % len(sizes)]
-        reads.append(stream[offset : offset + size])
-        offset += size
-        turn += 1
-    return reads
 
 
 def test_golden_request_has_smtpds_29_attributes_in_order() -> None:

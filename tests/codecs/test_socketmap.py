@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from feeding import Decoded, replay, split_reads
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,8 +17,6 @@ from postfix_rest_api_connector.codecs.socketmap import (
     encode_netstring,
 )
 from postfix_rest_api_connector.model import LookupRequest, Malformed
-
-Decoded = list[LookupRequest | Malformed]
 
 READ_SIZES = (1, 16, 128, 4096)
 
@@ -37,27 +36,6 @@ GOLDEN = [
     ),
     ("plus-kept", b"23:virtual plus+ext@ex.com,", LookupRequest(b"plus+ext@ex.com", b"virtual")),
 ]
-
-
-def replay(decoder: SocketmapDecoder, stream: bytes, read_size: int) -> Decoded:
-    """Feed ``stream`` as reads of ``read_size`` bytes; everything decoded, in order."""
-    decoded: Decoded = []
-    for offset in range(0, len(stream), read_size):
-        decoded.extend(decoder.feed(stream[offset : offset + read_size]))
-    return decoded
-
-
-def split_reads(stream: bytes, sizes: Sequence[int]) -> list[bytes]:
-    """``stream`` cut into reads whose sizes cycle through ``sizes``."""
-    reads = []
-    offset = 0
-    turn = 0
-    while offset < len(stream):
-        size = sizes[turn % len(sizes)]
-        reads.append(stream[offset : offset + size])
-        offset += size
-        turn += 1
-    return reads
 
 
 @pytest.mark.parametrize("read_size", READ_SIZES, ids=lambda size: f"read{size}")

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 import pytest
+from feeding import Decoded, replay, replay_sizes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,8 +19,6 @@ from postfix_rest_api_connector.codecs.tcp_table import (
 )
 from postfix_rest_api_connector.model import LookupRequest, Malformed
 
-Decoded = list[LookupRequest | Malformed]
-
 READ_SIZES = (1, 16, 128, 4096)
 
 # (id, bytes Postfix sends, the key the connector must see), read off real Postfix.
@@ -31,27 +30,6 @@ GOLDEN = [
     ("at-colon-comma-raw", b"get a@b:c,d\n", b"a@b:c,d"),
     ("control-bytes", b"get %09%0A%0D%00%7F%FF\n", b"\t\n\r\x00\x7f\xff"),
 ]
-
-
-def replay(decoder: TcpTableDecoder, stream: bytes, read_size: int) -> Decoded:
-    """Feed ``stream`` as reads of ``read_size`` bytes; everything decoded, in order."""
-    decoded: Decoded = []
-    for offset in range(0, len(stream), read_size):
-        decoded.extend(decoder.feed(stream[offset : offset + read_size]))
-    return decoded
-
-
-def replay_sizes(decoder: TcpTableDecoder, stream: bytes, sizes: Sequence[int]) -> Decoded:
-    """Feed ``stream`` in reads whose sizes cycle through ``sizes``."""
-    decoded: Decoded = []
-    offset = 0
-    turn = 0
-    while offset < len(stream):
-        size = sizes[turn % len(sizes)]
-        decoded.extend(decoder.feed(stream[offset : offset + size]))
-        offset += size
-        turn += 1
-    return decoded
 
 
 @pytest.mark.parametrize("read_size", READ_SIZES, ids=lambda size: f"read{size}")
