@@ -15,7 +15,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, Literal
 
 import pytest
@@ -114,6 +114,8 @@ async def ask(mode: str, address: tuple[str, int], key: str, map_name: str = "al
         return await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
     finally:
         writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 def found(mode: str, value: str) -> bytes:

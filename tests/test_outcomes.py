@@ -9,6 +9,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -42,6 +43,8 @@ async def ask(mode: str, address: tuple[str, int], key: str) -> bytes:
         return await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
     finally:
         writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 @dataclass(frozen=True)
