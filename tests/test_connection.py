@@ -421,3 +421,27 @@ async def test_max_policy_attributes_is_configurable(api: FakeApi) -> None:
         writer.write_eof()
         assert await read_all(reader) == FAILURE + b"action=DUNNO\n\n"
     assert len(api.seen) == 1
+
+
+async def test_a_client_that_reads_nothing_is_not_served_without_bound(api: FakeApi) -> None:
+    """Write backpressure: once the replies pile up unread, the connector stops reading; when
+    the client reads again, every request gets its answer, in order."""
+    value = "v" * 4000
+    api.answer_json([value])
+    requests = 5000
+    async with (
+        running_connector(endpoint_config("tcp-lookup", api.url)) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        reader, writer = await stack.enter_async_context(connected(endpoint_address(daemon)))
+        writer.write(b"".join(b"get k%d\n" % index for index in range(requests)))
+        served = -1
+        async with asyncio.timeout(20):
+            while served != len(api.seen):  # until the connector has stopped asking the API
+                served = len(api.seen)
+                await asyncio.sleep(0.3)
+        assert served < requests / 2, f"{served} requests served to a client reading nothing"
+        reply = f"200 {value}\n".encode()
+        received = await asyncio.wait_for(reader.readexactly(len(reply) * requests), 60)
+    assert received == reply * requests
+    assert len(api.seen) == requests

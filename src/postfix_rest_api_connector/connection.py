@@ -162,7 +162,8 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._maybe_resume_reading()
+        if self._in_flight is None:
+            self._answer_next()
 
     # control from the listener
 
@@ -180,6 +181,8 @@ class Connection(asyncio.Protocol):
     # the request loop
 
     def _answer_next(self) -> None:
+        if self._writing_paused:
+            return  # the client is not reading its replies: resume_writing() picks up from here
         if not self._waiting:
             if self._draining:
                 self._close()
