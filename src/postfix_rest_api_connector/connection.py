@@ -38,6 +38,8 @@ class Exchange:
     """What a mode plugs into the generic connection."""
 
     new_decoder: Callable[[], Decoder]
+    answer_now: Callable[[Request], bytes | None]
+    """The reply when it needs no waiting (a malformed request, a cache hit), else ``None``."""
     answer: Callable[[Request], Coroutine[Any, Any, bytes]]
     reply: Callable[[Outcome], bytes]
     """The mode's reply table, for errors the connection itself detects."""
@@ -181,23 +183,31 @@ class Connection(asyncio.Protocol):
     # the request loop
 
     def _answer_next(self) -> None:
-        if self._writing_paused:
-            return  # the client is not reading its replies: resume_writing() picks up from here
-        if not self._waiting:
-            if self._draining:
+        """Answer waiting requests in order: at once where possible, else one task at a time.
+
+        Stops while the client is not reading its replies; resume_writing() picks up again.
+        """
+        while not self._writing_paused:
+            if not self._waiting:
+                if self._draining:
+                    self._close()
+                else:
+                    self._maybe_resume_reading()
+                return
+            request = self._waiting.popleft()
+            if isinstance(request, _Fatal):
+                log.info("closing connection: %s", request.error.reason)
+                self._write(self._exchange.reply(request.error))
                 self._close()
-            else:
-                self._maybe_resume_reading()
-            return
-        request = self._waiting.popleft()
-        if isinstance(request, _Fatal):
-            log.info("closing connection: %s", request.error.reason)
-            self._write(self._exchange.reply(request.error))
-            self._close()
-            return
-        task = self._loop.create_task(self._exchange.answer(request))
-        task.add_done_callback(self._on_answered)
-        self._in_flight = task
+                return
+            reply = self._exchange.answer_now(request)
+            if reply is None:
+                task = self._loop.create_task(self._exchange.answer(request))
+                task.add_done_callback(self._on_answered)
+                self._in_flight = task
+                return
+            self._write(reply)
+            self._last_activity = self._loop.time()
 
     def _on_answered(self, task: asyncio.Task[bytes]) -> None:
         self._in_flight = None

@@ -33,22 +33,32 @@ def _exchange(
     new_decoder: Callable[[], Decoder],
     call: Callable[[R], Coroutine[Any, Any, Outcome]],
     reply: Callable[[Outcome], bytes],
+    cached: Callable[[R], Outcome | None] | None = None,
 ) -> Exchange:
-    async def answer(request: Request) -> bytes:
+    def answer_now(request: Request) -> bytes | None:
         if isinstance(request, Malformed):
             return reply(PermanentError(f"malformed request: {request.reason}"))
+        if cached is not None and (outcome := cached(cast(R, request))) is not None:
+            return reply(outcome)
+        return None
+
+    async def answer(request: Request) -> bytes:
         return reply(await call(cast(R, request)))
 
-    return Exchange(new_decoder=new_decoder, answer=answer, reply=reply)
+    return Exchange(new_decoder=new_decoder, answer_now=answer_now, answer=answer, reply=reply)
 
 
 def build_exchange(config: EndpointConfig, service: EndpointService) -> Exchange:
     """Wire the endpoint's mode: which codec frames requests and which table encodes outcomes."""
     limit = config.max_request_bytes
     if config.mode == "tcp-lookup":
-        return _exchange(partial(TcpTableDecoder, limit), service.lookup, tcp_table_reply)
+        return _exchange(
+            partial(TcpTableDecoder, limit), service.lookup, tcp_table_reply, service.cached
+        )
     if config.mode == "socketmap-lookup":
-        return _exchange(partial(SocketmapDecoder, limit), service.lookup, socketmap_reply)
+        return _exchange(
+            partial(SocketmapDecoder, limit), service.lookup, socketmap_reply, service.cached
+        )
     failure_reply = policy.encode_reply(config.failure_action)
     return _exchange(
         partial(PolicyDecoder, limit, config.max_policy_attributes),
