@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class Daemon:
             await self.start()
             if announce is not None:
                 announce(self)
+            gc.collect()
+            gc.freeze()  # start-up objects live forever: keep them out of every later collection
             notify(f"READY=1\nSTATUS=serving {len(self.endpoints)} endpoint(s)")
             await self._stop.wait()
             for endpoint in self.endpoints:
