@@ -142,3 +142,27 @@ async def test_systemd_readiness_and_stopping_are_notified(api: FakeApi, tmp_pat
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def test_json_log_lines_carry_the_request_id_and_no_token(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    api.answer_json(["v"])
+    config = endpoint_config("tcp-lookup", api.url, **{"auth-token": "tok-SECRET-json"})
+    status, _, stderr = await run(
+        "query",
+        write_config(tmp_path, config),
+        "test-tcp-lookup",
+        "k",
+        "--log-level",
+        "DEBUG",
+        "--log-format",
+        "json",
+    )
+    assert status == 0, stderr
+    entries = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    request_id = api.seen[0].headers["X-Request-Id"]
+    mine = [entry for entry in entries if entry["request_id"] == request_id]
+    assert mine, entries
+    assert {"time", "level", "logger", "request_id", "message"} <= mine[0].keys()
+    assert "tok-SECRET-json" not in stderr

@@ -23,6 +23,15 @@ EX_STARTUP = 1
 log = logging.getLogger(__name__)
 
 
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("LOG_FORMAT", "text"),
+        help="text lines or one JSON object per line (default: $LOG_FORMAT or text)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postfix-rest-api-connector",
@@ -49,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         help="log level (default: $LOG_LEVEL or INFO)",
     )
+    _add_log_format(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -75,6 +85,7 @@ def _command_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--log-level", type=str.upper, default=os.environ.get("LOG_LEVEL", "WARNING")
     )
+    _add_log_format(common)
     parser = argparse.ArgumentParser(prog="postfix-rest-api-connector")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser(
@@ -97,7 +108,7 @@ def _command_parser() -> argparse.ArgumentParser:
 
 def _run_command(argv: list[str]) -> int:
     args = _command_parser().parse_args(argv)
-    configure(args.log_level)
+    configure(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         return _run_command(argv)
     args = _parser().parse_args(argv)
-    configure(args.log_level)
+    configure(args.log_level, args.log_format)
     if args.demo == (args.config is not None):
         _parser().error("give either a CONFIG path or --demo")
     try:
