@@ -166,3 +166,21 @@ async def test_json_log_lines_carry_the_request_id_and_no_token(
     assert mine, entries
     assert {"time", "level", "logger", "request_id", "message"} <= mine[0].keys()
     assert "tok-SECRET-json" not in stderr
+
+
+async def test_query_socketmap_without_a_map_name_is_refused(api: FakeApi, tmp_path: Path) -> None:
+    config = endpoint_config("socketmap-lookup", api.url)
+    status, _, stderr = await run(
+        "query", write_config(tmp_path, config), "test-socketmap-lookup", "k"
+    )
+    assert status == 2
+    assert "needs --map NAME" in stderr
+    assert not api.seen
+
+
+async def test_check_config_never_shows_credentials_in_the_target(tmp_path: Path) -> None:
+    config = endpoint_config("tcp-lookup", "https://u:pw-SECRET@api.example/x?token=tok-SECRET")
+    status, stdout, stderr = await run("check-config", write_config(tmp_path, config))
+    assert status == 0, stderr
+    assert "https://api.example/x" in stdout
+    assert "SECRET" not in stdout + stderr

@@ -101,6 +101,20 @@ def test_auth_token_is_hidden_from_repr() -> None:
             {"endpoints": [_endpoint(mode="policy", **{"failure-action": "ok fine"})]},
             "endpoints[0].failure-action: must not let mail through",
         ),
+        *(
+            (
+                {"endpoints": [_endpoint(mode="policy", **{"failure-action": permissive})]},
+                "endpoints[0].failure-action: must not let mail through",
+            )
+            for permissive in ("RELAY", "permit", "permit_mynetworks", "451", "12345", "HOLD")
+        ),
+        ({"endpoints": [_endpoint(target="http://h:99999/")]}, "endpoints[0].target: is not a"),
+        ({"endpoints": [_endpoint(target="http://h:abc/")]}, "endpoints[0].target: is not a"),
+        ({"endpoints": [_endpoint(target="http://ho st/x")]}, "endpoints[0].target: is not a"),
+        (
+            {"endpoints": [_endpoint(**{"request-timeout": 100_000})]},
+            "endpoints[0].request-timeout: Input should be less than or equal to 99000",
+        ),
         (
             {"endpoints": [_endpoint(mode="policy", **{"failure-action": "REJECT a\nb"})]},
             "endpoints[0].failure-action: action contains a line break",
@@ -213,3 +227,17 @@ def test_auth_token_file_must_hold_one_line(tmp_path: Path) -> None:
     assert problems == [
         "endpoints[0].auth-token-file: must be one line of printable ASCII, not empty"
     ]
+
+
+def test_tls_ca_file_must_hold_certificates(tmp_path: Path) -> None:
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    problems = _problems({"endpoints": [_endpoint(**{"tls-ca-file": str(garbage)})]})
+    assert len(problems) == 1
+    assert problems[0].startswith("endpoints[0].tls-ca-file: cannot load PEM certificates")
+
+
+def test_target_for_logs_drops_credentials_and_query() -> None:
+    target = "https://user:pw@api.example.com:8443/postfix/maps?token=s3cret"
+    config = parse_config({"endpoints": [_endpoint(target=target)]})
+    assert config.endpoints[0].target_for_logs == "https://api.example.com:8443/postfix/maps"

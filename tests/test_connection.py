@@ -445,3 +445,21 @@ async def test_a_client_that_reads_nothing_is_not_served_without_bound(api: Fake
         received = await asyncio.wait_for(reader.readexactly(len(reply) * requests), 60)
     assert received == reply * requests
     assert len(api.seen) == requests
+
+
+async def test_a_client_that_never_reads_is_cut_off_after_read_timeout(api: FakeApi) -> None:
+    """Its connection slot is freed: a stuck client cannot hold max-connections forever."""
+    api.answer_json(["v" * 4000])
+    config = endpoint_config("tcp-lookup", api.url, **{"read-timeout": 500})
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        _, writer = await stack.enter_async_context(connected(endpoint_address(daemon)))
+        writer.write(b"get k\n" * 5000)
+        tracker = daemon.endpoints[0]._tracker
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            await tracker.wait_all_closed()
+        assert time.monotonic() - started < 5
+        assert len(api.seen) < 5000

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from conftest import FakeApi, endpoint_address, endpoint_config, netstring, running_connector
 from postfix_rest_api_connector import __version__
+from postfix_rest_api_connector.backend import cache_max_age
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
 
 FAILURE = f"action={DEFAULT_FAILURE_ACTION}\n\n".encode()
@@ -167,6 +168,20 @@ ROWS = [
         FAILURE,
     ),
     Row(
+        "value with a NUL",
+        lambda api: api.answer_json(["a\x00b"]),
+        b"400 API%20answered%20with%20a%20NUL%20character,%20which%20Postfix%20would%20cut%20at\n",
+        netstring("TEMP API answered with a NUL character, which Postfix would cut at"),
+        FAILURE,
+    ),
+    Row(
+        "404 HTML page from a proxy",
+        lambda api: api.answer_text("<html>404</html>", status=404, content_type="text/html"),
+        b"400 API%20answered%20404%20with%20an%20HTML%20page\n",
+        netstring("TEMP API answered 404 with an HTML page"),
+        FAILURE,
+    ),
+    Row(
         "array of one empty string",
         lambda api: api.answer_json([""]),
         b"400 API%20answered%20with%20an%20empty%20value\n",
@@ -201,6 +216,10 @@ POLICY_ROWS = [
     ("action=REJECT a\naction=OK", FAILURE),
     ("OK\nDUNNO", FAILURE),
     ('["DUNNO"]', FAILURE),
+    ("0", FAILURE),  # all digits: Postfix would permit
+    ("503", FAILURE),
+    ("451", FAILURE),  # a code without text is all digits too
+    ("450 4.7.1 try later", b"action=450 4.7.1 try later\n\n"),
     ("<html>DUNNO</html>", FAILURE),
 ]
 
@@ -314,3 +333,20 @@ async def test_policy_post_is_form_encoded_in_order_without_injection(api: FakeA
         ("helo_name", HOSTILE_HELO),
         ("recipient", "bob+tag@example.com"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("max-age=30", 30.0),
+        ("public, max-age=5", 5.0),
+        ("no-store", 0.0),
+        ("no-cache, max-age=60", 0.0),
+        ("max-age=abc", 0.0),
+        ("max-age=" + "9" * 400, 1e9),
+    ],
+    ids=repr,
+)
+def test_cache_control_is_read_safely(header: str | None, expected: float | None) -> None:
+    assert cache_max_age(header) == expected

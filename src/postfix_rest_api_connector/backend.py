@@ -31,8 +31,9 @@ from .model import (
 )
 
 _FORM = "application/x-www-form-urlencoded"
-_ACTION_WORD = re.compile(r"[A-Za-z0-9_]+(?:\s|$)")
-"""access(5) actions start with a word (``REJECT``, ``DUNNO``) or an SMTP code; JSON, HTML don't."""
+_ACTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\s|$)|[45]\d\d\s+\S")
+"""access(5) actions start with a word (``REJECT``, ``DUNNO``) or a 4xx/5xx code with text.
+JSON and HTML do not; a bare number would make Postfix permit the mail."""
 _POOL_IDLE_PER_HOST = 1024
 """Enough idle keep-alive connections that steady load opens no new ones."""
 
@@ -52,6 +53,9 @@ def _json_content_type(content_type: str | None) -> bool:
 def lookup_outcome(status: int, body: bytes, content_type: str | None, separator: str) -> Outcome:
     """The REST contract for lookups, row by row."""
     if status == 404:
+        if content_type is not None and "html" in content_type.lower():
+            # a proxy's or ingress's error page, not the API saying "no such key"
+            return TemporaryError("API answered 404 with an HTML page")
         return NOT_FOUND
     if status != 200:
         return _status_failure(status)
@@ -72,6 +76,8 @@ def lookup_outcome(status: int, body: bytes, content_type: str | None, separator
         joined.encode("utf-8")
     except UnicodeEncodeError:
         return TemporaryError("API answered with a string that is not valid Unicode")
+    if "\x00" in joined:
+        return TemporaryError("API answered with a NUL character, which Postfix would cut at")
     return Found(joined)
 
 
@@ -87,8 +93,8 @@ def policy_outcome(status: int, body: bytes) -> Outcome:
         text = text[7:].strip()
     if not text or "\n" in text or "\r" in text:
         return TemporaryError("API answered with an empty or multi-line policy action")
-    if not _ACTION_WORD.match(text):
-        return TemporaryError("API answered with text that does not start with an action word")
+    if not _ACTION.match(text):
+        return TemporaryError("API answered with text that is not an access(5) action")
     return Found(text)
 
 
@@ -103,7 +109,7 @@ def cache_max_age(cache_control: str | None) -> float | None:
             return 0.0
         if name == "max-age":
             try:
-                max_age = max(float(int(value.strip().strip('"'))), 0.0)
+                max_age = float(min(max(int(value.strip().strip('"')), 0), 10**9))
             except ValueError:
                 return 0.0
     return max_age
@@ -164,8 +170,8 @@ class RestBackend:
         return f"{self._query_prefix}name={name}&key={key}"
 
     async def lookup(self, request: LookupRequest, request_id: str, budget: float | None) -> Answer:
-        builder = self._client.get(self.lookup_url(request))
         try:
+            builder = self._client.get(self.lookup_url(request))
             status, body, headers = await self._send(builder, request_id, budget)
         except _FAILURES as error:
             return Answer(_failure(error))
@@ -175,12 +181,12 @@ class RestBackend:
     async def check_policy(
         self, request: PolicyRequest, request_id: str, budget: float | None
     ) -> Outcome:
-        builder = (
-            self._client.post(self._target)
-            .header("Content-Type", _FORM)
-            .body_bytes(form_body(request))
-        )
         try:
+            builder = (
+                self._client.post(self._target)
+                .header("Content-Type", _FORM)
+                .body_bytes(form_body(request))
+            )
             status, body, _ = await self._send(builder, request_id, budget)
         except _FAILURES as error:
             return _failure(error)

@@ -83,7 +83,10 @@ async def _serve_demo(base_port: int) -> None:
 def _command_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--log-level", type=str.upper, default=os.environ.get("LOG_LEVEL", "WARNING")
+        "--log-level",
+        type=str.upper,
+        default=os.environ.get("LOG_LEVEL", "WARNING"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
     )
     _add_log_format(common)
     parser = argparse.ArgumentParser(prog="postfix-rest-api-connector")

@@ -12,6 +12,11 @@ from .model import Found, LookupRequest, NotFound, Outcome, PolicyRequest
 from .replies import policy_reply, socketmap_reply, tcp_table_reply
 from .service import EndpointService
 
+
+class QueryError(Exception):
+    """The query cannot be asked as given."""
+
+
 EX_TEMPFAIL = 75
 """sysexits.h: the lookup failed (Postfix would defer); 0 is found, 1 not found, like postmap."""
 
@@ -32,7 +37,7 @@ def check_config(config: Config, path: str) -> int:
     for endpoint in config.endpoints:
         print(
             f"  {endpoint.name}: {endpoint.mode} on {endpoint.listen_description} -> "
-            f"{endpoint.target} (token: {_token_source(endpoint)},"
+            f"{endpoint.target_for_logs} (token: {_token_source(endpoint)},"
             f" timeout {endpoint.request_timeout} ms)"
         )
     return 0
@@ -52,6 +57,9 @@ async def query(config: Config, endpoint_name: str, args: list[str], map_name: s
     service = EndpointService(endpoint.name, backend, service_settings(endpoint))
     try:
         outcome, reply = await _ask(endpoint, service, args, map_name)
+    except QueryError as error:
+        print(error, file=sys.stderr)
+        return 2
     finally:
         await backend.close()
     print(f"postfix gets: {reply!r}", file=sys.stderr)
@@ -72,6 +80,8 @@ async def _ask(
         return outcome, policy_reply(outcome, policy.encode_reply(endpoint.failure_action))
     key = " ".join(args).encode()
     if endpoint.mode == "socketmap-lookup":
+        if not map_name:
+            raise QueryError("a socketmap endpoint needs --map NAME, as Postfix always sends one")
         outcome = await service.lookup(LookupRequest(key, (map_name or "").encode()))
         return outcome, socketmap_reply(outcome)
     outcome = await service.lookup(LookupRequest(key))

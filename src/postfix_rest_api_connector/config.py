@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,13 +27,18 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pyreqwest.http import Url
 
 from . import __version__
 from .codecs import policy
 
 DEFAULT_USER_AGENT = f"postfix-rest-api-connector/{__version__}"
 DEFAULT_FAILURE_ACTION = "DEFER_IF_PERMIT Service temporarily unavailable"
-_PERMISSIVE_ACTIONS = frozenset({"OK", "DUNNO"})
+_DEFERRING_ACTIONS = re.compile(
+    r"(?i:REJECT|DEFER|DEFER_IF_PERMIT|DEFER_IF_REJECT)(?:\s.*)?|[45]\d\d\s+\S.*", re.DOTALL
+)
+"""Failure actions that never accept mail. Postfix permits on OK, RELAY, any all-digit value
+(a bare ``451`` too), and runs any other word as a restriction (``permit``...)."""
 
 Mode = Literal["tcp-lookup", "socketmap-lookup", "policy"]
 
@@ -51,7 +57,22 @@ def _check_target(url: str) -> str:
         raise ValueError("must be an http:// or https:// URL with a host")
     if parts.fragment:
         raise ValueError("must not contain a #fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        Url(url)  # the HTTP client's own parser, so that no request can fail on it later
+    except ValueError as error:
+        raise ValueError(f"is not a valid URL: {error}") from None
     return url
+
+
+def _check_ca_file(path: Path | None) -> Path | None:
+    """Load the CAs now: a file that is not PEM certificates would otherwise fail every lookup."""
+    if path is not None:
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(f"cannot load PEM certificates: {error}") from None
+    return path
 
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -71,8 +92,11 @@ def _check_failure_action(action: str) -> str:
     problem = policy.check_action(action)
     if problem is not None:
         raise ValueError(problem)
-    if action.split(maxsplit=1)[0].upper() in _PERMISSIVE_ACTIONS:
-        raise ValueError("must not let mail through (OK or DUNNO) when the API fails")
+    if not _DEFERRING_ACTIONS.fullmatch(action):
+        raise ValueError(
+            "must not let mail through when the API fails: use REJECT, DEFER, DEFER_IF_PERMIT,"
+            " DEFER_IF_REJECT or a 4xx/5xx code with text"
+        )
     return action
 
 
@@ -99,7 +123,8 @@ class EndpointConfig(BaseModel):
     auth_token: SecretStr | None = Field(None, alias="auth-token")
     auth_token_file: FilePath | None = Field(None, alias="auth-token-file")
     auth_token_env: str | None = Field(None, alias="auth-token-env", min_length=1)
-    request_timeout: Milliseconds = Field(2000, alias="request-timeout", ge=1, le=600_000)
+    request_timeout: Milliseconds = Field(2000, alias="request-timeout", ge=1, le=99_000)
+    """Below Postfix's own 100 s, after which it gives up and asks again."""
     list_separator: str = Field(",", alias="list-separator")
     idle_timeout: Milliseconds = Field(600_000, alias="idle-timeout", ge=1_000, le=86_400_000)
     read_timeout: Milliseconds = Field(10_000, alias="read-timeout", ge=100, le=600_000)
@@ -112,7 +137,9 @@ class EndpointConfig(BaseModel):
     max_response_bytes: int = Field(
         1024 * 1024, alias="max-response-bytes", ge=1024, le=64 * 1024 * 1024
     )
-    tls_ca_file: FilePath | None = Field(None, alias="tls-ca-file")
+    tls_ca_file: Annotated[FilePath | None, AfterValidator(_check_ca_file)] = Field(
+        None, alias="tls-ca-file"
+    )
     cache_ttl: Milliseconds = Field(0, alias="cache-ttl", ge=0, le=86_400_000)
     negative_cache_ttl: Milliseconds = Field(0, alias="negative-cache-ttl", ge=0, le=86_400_000)
     cache_max_entries: int = Field(10_000, alias="cache-max-entries", ge=1, le=10_000_000)
@@ -133,6 +160,15 @@ class EndpointConfig(BaseModel):
         if self.bind_path is None and self.model_fields_set & {"socket_mode", "socket_owner"}:
             raise ValueError("socket-mode: socket-mode and socket-owner only apply with bind-path")
         return self
+
+    @property
+    def target_for_logs(self) -> str:
+        """The target without user info or query string, which may carry secrets."""
+        parts = urlsplit(self.target)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
 
     @property
     def listen_description(self) -> str:

@@ -102,6 +102,7 @@ class Connection(asyncio.Protocol):
         self._tracker = tracker
         self._limits = limits
         self._read_deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[Request | _Fatal] = deque()
@@ -152,8 +153,9 @@ class Connection(asyncio.Protocol):
         self._tracker.remove(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        if self._read_deadline is not None:
-            self._read_deadline.cancel()
+        for timer in (self._read_deadline, self._write_deadline):
+            if timer is not None:
+                timer.cancel()
         # A request in flight is left to finish (bounded by request-timeout): its API call may be
         # shared with other connections' lookups of the same key; its answer is dropped.
         self._waiting.clear()
@@ -161,9 +163,15 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._writing_paused = True
         self._pause_reading()
+        self._write_deadline = self._loop.call_later(
+            self._limits.read_timeout, self._on_write_stalled
+        )
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
         if self._in_flight is None:
             self._answer_next()
 
@@ -211,9 +219,11 @@ class Connection(asyncio.Protocol):
 
     def _on_answered(self, task: asyncio.Task[bytes]) -> None:
         self._in_flight = None
-        if task.cancelled() or self._transport is None or self._transport.is_closing():
+        if task.cancelled():
             return
-        error = task.exception()
+        error = task.exception()  # retrieved even when the answer is dropped below
+        if self._transport is None or self._transport.is_closing():
+            return
         if error is not None:
             log.error("closing connection after an internal error", exc_info=error)
             self._close()
@@ -241,6 +251,12 @@ class Connection(asyncio.Protocol):
         elif self._read_deadline is not None:
             self._read_deadline.cancel()
             self._read_deadline = None
+
+    def _on_write_stalled(self) -> None:
+        """The client has read none of its replies for ``read_timeout``: free the slot."""
+        self._write_deadline = None
+        log.info("aborting a connection whose client reads no replies")
+        self.abort()
 
     def _on_read_deadline(self) -> None:
         self._read_deadline = None

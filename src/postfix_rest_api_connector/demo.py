@@ -114,7 +114,7 @@ Try (Debian's postfix package provides postmap; netcat-openbsd provides nc):
   postmap -q alice@example.com tcp:127.0.0.1:{tcp}
   postmap -q postmaster@example.com socketmap:inet:127.0.0.1:{socketmap}:aliases
   printf 'get example.org\\n' | nc -q1 127.0.0.1 {tcp}
-  printf '25:domains example.com,' | nc -q1 127.0.0.1 {socketmap}
+  printf '19:domains example.com,' | nc -q1 127.0.0.1 {socketmap}
   printf 'request=smtpd_access_policy\\nrecipient=blocked@example.com\\n\\n' \\
     | nc -q1 127.0.0.1 {policy}
 Stop with Ctrl-C.

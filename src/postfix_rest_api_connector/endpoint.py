@@ -125,7 +125,7 @@ class Endpoint:
             self.config.name,
             self.config.mode,
             where,
-            self.config.target,
+            self.config.target_for_logs,
         )
         exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
         if exposed:
