@@ -1,27 +1,13 @@
-"""Logging set-up: a request id on every line of a request, no timestamps of our own under journald.
-
-The id travels in a ``ContextVar``; each connection task copies the context, so concurrent requests
-never see each other's id.
-"""
+"""Logging set-up: the request id on every line, no timestamps of our own under journald."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import sys
-from contextvars import ContextVar
 
-request_id: ContextVar[str] = ContextVar("request_id", default="-")
-
-_PROCESS_TAG = f"{os.getpid():x}-{os.urandom(3).hex()}"
-_sequence = itertools.count(1)
-
-
-def new_request_id() -> str:
-    """Unique per process run and cheap: a random process tag and a counter."""
-    return f"{_PROCESS_TAG}-{next(_sequence)}"
+from .context import request_id
 
 
 class _RequestIdFilter(logging.Filter):

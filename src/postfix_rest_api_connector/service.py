@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from .cache import CacheKey, LookupCache
-from .log import new_request_id, request_id
+from .context import new_request_id, request_id
 from .model import (
     Answer,
     Found,
