@@ -151,9 +151,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._tracker.remove(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        for timer in (self._read_deadline, self._write_deadline):
+        for timer in (self._idle_timer, self._read_deadline, self._write_deadline):
             if timer is not None:
                 timer.cancel()
         # A request in flight is left to finish (bounded by request-timeout): its API call may be

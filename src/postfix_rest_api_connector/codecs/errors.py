@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -15,6 +17,16 @@ class FramingError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.completed: tuple[Any, ...] = ()
+
+
+@contextmanager
+def kept_on_framing_error(completed: Sequence[Any]) -> Iterator[None]:
+    """A ``FramingError`` raised inside carries what ``completed`` holds by then."""
+    try:
+        yield
+    except FramingError as error:
+        error.completed = tuple(completed)
+        raise
 
 
 class RequestTooLarge(FramingError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..model import Malformed, PolicyRequest
-from .errors import FramingError, RequestTooLarge, UnsendableReply
+from .errors import RequestTooLarge, UnsendableReply, kept_on_framing_error
 
 DEFAULT_MAX_REQUEST = 65536
 DEFAULT_MAX_ATTRIBUTES = 256
@@ -55,16 +55,11 @@ class PolicyDecoder:
     def feed(self, data: bytes) -> list[PolicyRequest | Malformed]:
         buffer = self._buffer + data if self._buffer else data
         requests: list[PolicyRequest | Malformed] = []
-        try:
+        with kept_on_framing_error(requests):
             start = self._split(buffer, requests)
-        except FramingError as error:
-            error.completed = tuple(requests)
-            raise
-        self._buffer = buffer[start:]
-        if self._request_bytes + len(self._buffer) > self._max_request:
-            too_large = RequestTooLarge(f"policy request longer than {self._max_request} bytes")
-            too_large.completed = tuple(requests)
-            raise too_large
+            self._buffer = buffer[start:]
+            if self._request_bytes + len(self._buffer) > self._max_request:
+                raise RequestTooLarge(f"policy request longer than {self._max_request} bytes")
         return requests
 
     def _split(self, buffer: bytes, requests: list[PolicyRequest | Malformed]) -> int:

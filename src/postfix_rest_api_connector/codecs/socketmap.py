@@ -7,7 +7,13 @@ either direction. Postfix refuses a reply payload over 100000 bytes.
 from __future__ import annotations
 
 from ..model import LookupRequest, Malformed
-from .errors import BadNetstring, FramingError, RequestTooLarge, UnsendableReply
+from .errors import (
+    BadNetstring,
+    FramingError,
+    RequestTooLarge,
+    UnsendableReply,
+    kept_on_framing_error,
+)
 
 MAX_REPLY_PAYLOAD = 100000
 """Postfix's dict_sockmap limit on a reply's payload."""
@@ -32,11 +38,8 @@ class NetstringDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer + data if self._buffer else data
         payloads: list[bytes] = []
-        try:
+        with kept_on_framing_error(payloads):
             start = self._split(buffer, payloads)
-        except FramingError as error:
-            error.completed = tuple(payloads)
-            raise
         self._buffer = buffer[start:]
         return payloads
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..model import LookupRequest, Malformed
-from .errors import RequestTooLarge, UnsendableReply
+from .errors import RequestTooLarge, UnsendableReply, kept_on_framing_error
 
 MAX_REPLY_LINE = 4096
 """Postfix's dict_tcp rejects a longer reply line (counting the newline)."""
@@ -64,21 +64,20 @@ class TcpTableDecoder:
         buffer = self._buffer + data if self._buffer else data
         requests: list[LookupRequest | Malformed] = []
         start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
-            if end - start >= self._max_line:
-                raise self._too_large(requests)
-            line_end = end - 1 if end > start and buffer[end - 1] == 0x0D else end
-            requests.append(parse_request_line(buffer[start:line_end]))
-            start = end + 1
-        self._buffer = buffer[start:]
-        if len(self._buffer) >= self._max_line:
-            raise self._too_large(requests)
+        with kept_on_framing_error(requests):
+            while (end := buffer.find(b"\n", start)) >= 0:
+                if end - start >= self._max_line:
+                    raise self._too_large()
+                line_end = end - 1 if end > start and buffer[end - 1] == 0x0D else end
+                requests.append(parse_request_line(buffer[start:line_end]))
+                start = end + 1
+            self._buffer = buffer[start:]
+            if len(self._buffer) >= self._max_line:
+                raise self._too_large()
         return requests
 
-    def _too_large(self, completed: list[LookupRequest | Malformed]) -> RequestTooLarge:
-        error = RequestTooLarge(f"request line longer than {self._max_line} bytes")
-        error.completed = tuple(completed)
-        return error
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(f"request line longer than {self._max_line} bytes")
 
 
 def encode_reply(code: int, text: str) -> bytes:
