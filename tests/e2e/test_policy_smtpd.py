@@ -4,6 +4,10 @@ Each test starts a private Postfix ``master`` in a short directory under /tmp. I
 a free loopback port and has ``check_policy_service`` pointing at the connector; recipients it
 accepts are proxied (``smtpd_proxy_filter``) to a small SMTP sink run by the test, so no queue
 manager is needed. The test talks SMTP to that smtpd and checks the replies and what the API got.
+
+Every test runs twice: with the connector on a loopback TCP port (``inet:HOST:PORT``) and on a unix
+socket (``unix:/PATH``). smtpd runs unchrooted as user postfix, so it opens the absolute socket path
+itself, and only if the socket's owner and mode let user postfix in.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ import pytest
 from aiohttp import web
 
 from conftest import FakeApi, SeenRequest, endpoint_address, endpoint_config, running_connector
+from postfix_rest_api_connector.server import Daemon
 
 pytestmark = pytest.mark.postfix
 
@@ -39,6 +44,8 @@ INSTALL_HINT = (
 STARTUP_DEADLINE = 15.0
 SMTP_DEADLINE = 30.0
 """Bounds one SMTP reply; smtpd's own policy timeout below is shorter, so a hang is diagnosable."""
+LOG_DEADLINE = 10.0
+"""Bounds the wait for postlogd to write a line smtpd logged."""
 
 CLIENT_ADDRESS = "192.0.2.1"
 """Set through XCLIENT, so that client_address is something only Postfix could have sent."""
@@ -141,6 +148,16 @@ class PrivatePostfix:
             parts.append(f"--- {name} ---\n{text}")
         return "\n".join(parts)
 
+    async def wait_for_log(self, line_part: str) -> str:
+        """The log once it has a line containing ``line_part``: postlogd writes it a little after
+        smtpd has already answered, and a file gives no event to await."""
+        deadline = time.monotonic() + LOG_DEADLINE
+        while line_part not in (log := self.log()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no log line with {line_part!r} within {LOG_DEADLINE} s\n{log}")
+            await asyncio.sleep(0.05)
+        return log
+
 
 def free_port() -> int:
     """A free loopback port for master.cf (master binds it itself, so it is released first)."""
@@ -156,17 +173,16 @@ def write_settled(path: Path, text: str) -> None:
     os.utime(path, (settled, settled))
 
 
-def new_instance_directory() -> Path:
-    """Short and world-traversable: Postfix's unix socket paths are limited in length, and its
+def new_short_directory() -> Path:
+    """Short and world-traversable: unix socket paths are limited to 107 bytes, and Postfix's
     daemons run as user postfix (pytest's tmp_path is under a directory only root may enter)."""
     directory = Path(tempfile.mkdtemp(prefix="pf", dir="/tmp"))
     directory.chmod(0o755)
     return directory
 
 
-def make_instance(
-    directory: Path, smtpd_port: int, policy: tuple[str, int], sink: tuple[str, int]
-) -> None:
+def make_instance(directory: Path, smtpd_port: int, policy: str, sink: tuple[str, int]) -> None:
+    """``policy`` is the server as check_policy_service names it: ``inet:H:P`` or ``unix:/PATH``."""
     etc, queue, data = directory / "etc", directory / "q", directory / "data"
     for path in (etc, queue, queue / "pid", queue / "private", queue / "public", data):
         path.mkdir()
@@ -193,7 +209,7 @@ smtpd_reject_unlisted_sender = no
 smtpd_client_connection_count_limit = 0
 smtpd_relay_restrictions =
 smtpd_recipient_restrictions =
-    check_policy_service inet:{policy[0]}:{policy[1]},
+    check_policy_service {policy},
     permit_mynetworks,
     reject
 smtpd_policy_service_timeout = 10s
@@ -240,29 +256,30 @@ async def wait_until_serving(process: asyncio.subprocess.Process, instance: Priv
 
 
 async def stop_master(process: asyncio.subprocess.Process) -> None:
+    """On SIGTERM master kills its process group (its smtpd and postlogd), then itself."""
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), 10)
         except TimeoutError:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
 
 
-StartSmtpd = Callable[[tuple[str, int]], AbstractAsyncContextManager[PrivatePostfix]]
+StartSmtpd = Callable[[str], AbstractAsyncContextManager[PrivatePostfix]]
 
 
 @pytest.fixture
 def start_smtpd(smtp_sink: SmtpSink) -> StartSmtpd:
-    """``async with start_smtpd(policy_address) as postfix``: a private master and its smtpd."""
+    """``async with start_smtpd(policy_service) as postfix``: a private master and its smtpd."""
     if not os.access(MASTER, os.X_OK) or shutil.which("postconf", path="/usr/sbin") is None:
         pytest.fail(f"{MASTER} not found: {INSTALL_HINT}")
     if os.geteuid() != 0:
         pytest.fail("the private Postfix master must run as root (it drops to user postfix)")
 
     @asynccontextmanager
-    async def start(policy: tuple[str, int]) -> AsyncIterator[PrivatePostfix]:
-        directory = new_instance_directory()
+    async def start(policy: str) -> AsyncIterator[PrivatePostfix]:
+        directory = new_short_directory()
         try:
             instance = PrivatePostfix(directory, ("127.0.0.1", free_port()))
             make_instance(directory, instance.address[1], policy, smtp_sink.address)
@@ -275,6 +292,10 @@ def start_smtpd(smtp_sink: SmtpSink) -> StartSmtpd:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=output,
                     stderr=output,
+                    # Its own process group: master's SIGTERM handler kills its group, and in
+                    # pytest's group that fails ("fatal: master_sigdeath: kill process group")
+                    # and costs the 1 s sleep of every Postfix fatal error.
+                    start_new_session=True,
                 )
             try:
                 await wait_until_serving(process, instance)
@@ -349,11 +370,54 @@ async def smtp_session(
         await client.close()
 
 
+# --- where the connector listens: loopback TCP or a unix socket ------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyListener:
+    """The connector's listener and the name smtpd's ``check_policy_service`` reaches it by."""
+
+    socket_path: Path | None = None
+    """None: a free loopback TCP port."""
+    socket_settings: Mapping[str, str] = field(default_factory=dict)
+    """``socket-mode`` and ``socket-owner`` for the unix socket."""
+
+    def endpoint(self, target: str, **extra: Any) -> dict[str, Any]:
+        """A policy endpoint asking ``target``, listening here."""
+        config = endpoint_config("policy", target, **extra)
+        if self.socket_path is not None:
+            del config["bind-address"], config["bind-port"]
+            config.update({"bind-path": str(self.socket_path), **self.socket_settings})
+        return config
+
+    def service(self, daemon: Daemon) -> str:
+        if self.socket_path is None:
+            host, port = endpoint_address(daemon)
+            return f"inet:{host}:{port}"
+        assert daemon.endpoints[0].addresses == [], "a unix endpoint must not listen on TCP"
+        return f"unix:{self.socket_path}"
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    directory = new_short_directory()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["inet", "unix"])
+def listener(request: pytest.FixtureRequest, socket_dir: Path) -> PolicyListener:
+    """Both transports; the unix socket as deployed next to Postfix: 0660, owned by postfix."""
+    if request.param == "inet":
+        return PolicyListener()
+    return PolicyListener(socket_dir / "policy", {"socket-owner": "postfix"})
+
+
 # --- helpers for the API side ----------------------------------------------------------------
 
 
-def policy_endpoint(api: FakeApi, **extra: Any) -> dict[str, Any]:
-    return endpoint_config("policy", f"{api.url}/policy", **extra)
+def api_target(api: FakeApi) -> str:
+    return f"{api.url}/policy"
 
 
 def form_fields(seen: SeenRequest) -> list[tuple[str, str]]:
@@ -387,7 +451,7 @@ def text(body: str, status: int = 200) -> Callable[[], web.StreamResponse]:
 
 
 async def test_api_decides_per_recipient_in_one_session(
-    api: FakeApi, start_smtpd: StartSmtpd, smtp_sink: SmtpSink
+    api: FakeApi, listener: PolicyListener, start_smtpd: StartSmtpd, smtp_sink: SmtpSink
 ) -> None:
     answer_by_recipient(
         api,
@@ -400,8 +464,8 @@ async def test_api_decides_per_recipient_in_one_session(
         },
     )
     async with (
-        running_connector(policy_endpoint(api)) as daemon,
-        start_smtpd(endpoint_address(daemon)) as postfix,
+        running_connector(listener.endpoint(api_target(api))) as daemon,
+        start_smtpd(listener.service(daemon)) as postfix,
         smtp_session(postfix, sender="sender+tag@example.org") as smtp,
     ):
         replies = {
@@ -448,13 +512,13 @@ async def test_api_decides_per_recipient_in_one_session(
 
 
 async def test_helo_name_with_ampersand_and_equals_stays_one_field(
-    api: FakeApi, start_smtpd: StartSmtpd
+    api: FakeApi, listener: PolicyListener, start_smtpd: StartSmtpd
 ) -> None:
     helo = "mx&recipient=stolen.example&sender=x=y%26z+w"
     api.answer_text("action=DUNNO")
     async with (
-        running_connector(policy_endpoint(api)) as daemon,
-        start_smtpd(endpoint_address(daemon)) as postfix,
+        running_connector(listener.endpoint(api_target(api))) as daemon,
+        start_smtpd(listener.service(daemon)) as postfix,
         smtp_session(postfix, helo=helo) as smtp,
     ):
         reply = await smtp.command("RCPT TO:<victim@example.net>")
@@ -470,7 +534,7 @@ async def test_helo_name_with_ampersand_and_equals_stays_one_field(
 
 
 async def test_api_failures_defer_and_never_accept(
-    api: FakeApi, start_smtpd: StartSmtpd, smtp_sink: SmtpSink
+    api: FakeApi, listener: PolicyListener, start_smtpd: StartSmtpd, smtp_sink: SmtpSink
 ) -> None:
     """Every way the API can fail gives the default failure action: 450, never 250."""
     answer_by_recipient(
@@ -493,8 +557,8 @@ async def test_api_failures_defer_and_never_accept(
         "empty@example.net",
     ]
     async with (
-        running_connector(policy_endpoint(api, **{"request-timeout": 300})) as daemon,
-        start_smtpd(endpoint_address(daemon)) as postfix,
+        running_connector(listener.endpoint(api_target(api), **{"request-timeout": 300})) as daemon,
+        start_smtpd(listener.service(daemon)) as postfix,
         smtp_session(postfix) as smtp,
     ):
         replies = {rcpt: await smtp.command(f"RCPT TO:<{rcpt}>") for rcpt in failing}
@@ -516,19 +580,18 @@ async def test_api_failures_defer_and_never_accept(
 
 
 async def test_unreachable_api_gives_the_configured_failure_action(
-    start_smtpd: StartSmtpd, smtp_sink: SmtpSink
+    listener: PolicyListener, start_smtpd: StartSmtpd, smtp_sink: SmtpSink
 ) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as refusing:
         refusing.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         port = refusing.getsockname()[1]
-        endpoint = endpoint_config(
-            "policy",
+        endpoint = listener.endpoint(
             f"http://127.0.0.1:{port}/policy",
             **{"failure-action": "451 4.3.0 Policy API unavailable"},
         )
         async with (
             running_connector(endpoint) as daemon,
-            start_smtpd(endpoint_address(daemon)) as postfix,
+            start_smtpd(listener.service(daemon)) as postfix,
             smtp_session(postfix) as smtp,
         ):
             reply = await smtp.command("RCPT TO:<someone@example.net>")
@@ -536,4 +599,52 @@ async def test_unreachable_api_gives_the_configured_failure_action(
     assert reply.code == 451, f"{reply}\n{log}"
     assert reply.text.startswith("4.3.0 "), f"{reply}\n{log}"
     assert reply.text.endswith("Policy API unavailable"), f"{reply}\n{log}"
+    assert smtp_sink.recipients == []
+
+
+@pytest.mark.parametrize(
+    "socket_settings",
+    [
+        {"socket-mode": "0600", "socket-owner": "postfix"},
+        {"socket-mode": "0660", "socket-owner": "root:postfix"},
+    ],
+    ids=["user-postfix-0600", "group-postfix-0660"],
+)
+async def test_socket_owner_or_group_lets_smtpd_in(
+    api: FakeApi, socket_dir: Path, start_smtpd: StartSmtpd, socket_settings: dict[str, str]
+) -> None:
+    """smtpd runs as user postfix: owning the socket, or owning its group, is enough."""
+    api.answer_text("action=REJECT Not welcome here")
+    listener = PolicyListener(socket_dir / "policy", socket_settings)
+    async with (
+        running_connector(listener.endpoint(api_target(api))) as daemon,
+        start_smtpd(listener.service(daemon)) as postfix,
+        smtp_session(postfix) as smtp,
+    ):
+        reply = await smtp.command("RCPT TO:<someone@example.net>")
+        log = postfix.log()
+    assert reply.code == 554, f"{reply}\n{log}"
+    assert reply.text.endswith("Not welcome here"), f"{reply}\n{log}"
+    assert [dict(form_fields(seen))["recipient"] for seen in api.seen] == ["someone@example.net"]
+
+
+async def test_socket_smtpd_may_not_open_defers_and_never_asks_the_api(
+    api: FakeApi, socket_dir: Path, start_smtpd: StartSmtpd, smtp_sink: SmtpSink
+) -> None:
+    """Without socket-owner the socket is root's and 0660: user postfix may not connect, and
+    Postfix's own policy default action defers the recipient."""
+    api.answer_text("DUNNO")
+    listener = PolicyListener(socket_dir / "policy")
+    async with (
+        running_connector(listener.endpoint(api_target(api))) as daemon,
+        start_smtpd(listener.service(daemon)) as postfix,
+        smtp_session(postfix) as smtp,
+    ):
+        reply = await smtp.command("RCPT TO:<someone@example.net>")
+        # Refused for the socket's permissions, not for a wrong path or a connector not listening.
+        log = await postfix.wait_for_log(f"connect to {listener.socket_path}: Permission denied")
+    assert reply.code == 451, f"{reply}\n{log}"
+    assert reply.text.startswith("4.3.5 "), f"{reply}\n{log}"
+    assert reply.text.endswith("Server configuration problem"), f"{reply}\n{log}"
+    assert api.seen == []
     assert smtp_sink.recipients == []
