@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -152,3 +154,113 @@ def netstring(text: str) -> bytes:
     """A socketmap reply as the connector must send it."""
     payload = text.encode()
     return b"%d:%s," % (len(payload), payload)
+
+
+# The daemon as a child process. Endpoints listen on port 0; a test learns each real port from the
+# process's own log line ``endpoint NAME (MODE) listening on 127.0.0.1:PORT, asking ...``.
+
+DEADLINE = 10.0
+"""Bounds every wait on a child process; each step takes well under a second."""
+MODULE = [sys.executable, "-m", "postfix_rest_api_connector"]
+LISTENING = re.compile(
+    r"endpoint (?P<name>\S+) \((?P<mode>[a-z-]+)\) listening on 127\.0\.0\.1:(?P<port>\d+), asking "
+)
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The test's environment without the variables the daemon reads, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in {"LOG_LEVEL", "JOURNAL_STREAM"}}
+    return {**env, **extra}
+
+
+class Connector:
+    """The daemon as a child process; stderr is read line by line as far as the test needs."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    async def _next_line(self) -> str:
+        assert self.process.stderr is not None
+        raw = await self.process.stderr.readline()
+        if not raw:
+            pytest.fail(f"stderr closed before the expected line; stderr so far:\n{self.stderr}")
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        self.lines.append(line)
+        return line
+
+    async def _search(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        while not (match := pattern.search(await self._next_line())):
+            pass
+        return match
+
+    async def expect(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        """The next stderr line matching ``pattern``."""
+        try:
+            return await asyncio.wait_for(self._search(pattern), DEADLINE)
+        except TimeoutError:
+            pytest.fail(f"no line matching {pattern.pattern!r}; stderr so far:\n{self.stderr}")
+
+    async def port(self) -> int:
+        return int((await self.expect(LISTENING))["port"])
+
+    async def finish(self) -> int:
+        """Wait for the exit, collecting the rest of stderr; returns the exit status."""
+        assert self.process.stderr is not None
+        try:
+            rest = await asyncio.wait_for(self.process.stderr.read(), DEADLINE)
+            status = await asyncio.wait_for(self.process.wait(), DEADLINE)
+        except TimeoutError:
+            pytest.fail(f"the daemon did not exit within {DEADLINE} s; stderr:\n{self.stderr}")
+        self.lines.extend(rest.decode("utf-8", "replace").splitlines())
+        return status
+
+
+Spawn = Callable[..., Awaitable[Connector]]
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Spawn]:
+    """Start the daemon (``python -m``); whatever is still running at teardown is killed."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str, env: dict[str, str] | None = None) -> Connector:
+        process = await asyncio.create_subprocess_exec(
+            *MODULE,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_env(env or {}),
+        )
+        started.append(process)
+        return Connector(process)
+
+    yield start
+    for process in started:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def run_to_end(*command: str) -> tuple[int, str, str]:
+    """Run a command that must exit by itself: exit status, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env({}),
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), DEADLINE)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"{command} did not exit within {DEADLINE} s")
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()

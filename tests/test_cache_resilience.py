@@ -371,7 +371,7 @@ async def test_a_client_leaving_does_not_cancel_the_shared_call(switch: Switchab
     switch.mode = "slow"
     async with connector(config("tcp-lookup", switch)) as daemon:
         address = endpoint_address(daemon)
-        tracker = daemon.endpoints[0]._tracker
+        tracker = daemon.endpoints[0].tracker
         _, leaver = await asyncio.open_connection(*address)
         leaver.write(b"get alice\n")
         await asyncio.wait_for(switch.arrived.wait(), 5)

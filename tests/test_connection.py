@@ -457,7 +457,7 @@ async def test_a_client_that_never_reads_is_cut_off_after_read_timeout(api: Fake
     ):
         _, writer = await stack.enter_async_context(connected(endpoint_address(daemon)))
         writer.write(b"get k\n" * 5000)
-        tracker = daemon.endpoints[0]._tracker
+        tracker = daemon.endpoints[0].tracker
         started = time.monotonic()
         async with asyncio.timeout(10):
             await tracker.wait_all_closed()

@@ -141,7 +141,7 @@ async def settle(daemon: Daemon, api: FakeApi) -> None:
     gc.collect()
     async with asyncio.timeout(10):
         for endpoint in daemon.endpoints:
-            await endpoint._tracker.wait_all_closed()
+            await endpoint.tracker.wait_all_closed()
     await asyncio.sleep(0.6)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pwd
 import shutil
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeApi, endpoint_config, running_connector
+from postfix_rest_api_connector import unix_socket
 from postfix_rest_api_connector.server import StartupError
 
 
@@ -134,3 +136,25 @@ async def test_unknown_owner_is_a_startup_error(api: FakeApi, socket_dir: Path) 
         async with running_connector(config):
             pass
     assert not path.exists()
+
+
+async def test_socket_is_private_until_its_mode_is_set(
+    api: FakeApi, socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even under umask 0, the socket is never connectable by others before socket-mode applies."""
+    modes_at_creation: list[int] = []
+    set_permissions = unix_socket.set_permissions
+
+    def record_then_set(path: str, mode: str, owner: str | None) -> None:
+        modes_at_creation.append(stat.S_IMODE(os.lstat(path).st_mode))
+        set_permissions(path, mode, owner)
+
+    monkeypatch.setattr(unix_socket, "set_permissions", record_then_set)
+    previous = os.umask(0)
+    try:
+        path = socket_dir / "s"
+        async with running_connector(unix_endpoint("tcp-lookup", api.url, path)):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    finally:
+        os.umask(previous)
+    assert modes_at_creation == [0o600]

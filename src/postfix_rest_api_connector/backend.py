@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from urllib.parse import quote_from_bytes, quote_plus
@@ -29,6 +30,7 @@ from .model import (
     TemporaryError,
     Timeout,
 )
+from .stats import ApiStats
 
 _FORM = "application/x-www-form-urlencoded"
 _ACTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\s|$)|[45]\d\d\s+\S")
@@ -142,6 +144,7 @@ class RestBackend:
         self._separator = endpoint.list_separator
         self._max_body = endpoint.max_response_bytes
         self._client = self._build_client(endpoint, user_agent)
+        self.stats = ApiStats()
 
     @staticmethod
     def _build_client(endpoint: EndpointConfig, user_agent: str) -> Client:
@@ -174,7 +177,7 @@ class RestBackend:
             builder = self._client.get(self.lookup_url(request))
             status, body, headers = await self._send(builder, request_id, budget)
         except _FAILURES as error:
-            return Answer(_failure(error))
+            return Answer(self._failure(error))
         outcome = lookup_outcome(status, body, headers.get("content-type"), self._separator)
         return Answer(outcome, cache_max_age(headers.get("cache-control")))
 
@@ -189,7 +192,7 @@ class RestBackend:
             )
             status, body, _ = await self._send(builder, request_id, budget)
         except _FAILURES as error:
-            return _failure(error)
+            return self._failure(error)
         return policy_outcome(status, body)
 
     async def _send(
@@ -203,29 +206,36 @@ class RestBackend:
         builder = builder.header("X-Request-Id", request_id)
         if budget is not None:
             builder = builder.timeout(timedelta(seconds=budget))
-        async with builder.build_streamed() as response:
-            status = response.status
-            if status == 200:
-                body = bytearray()
-                reader = response.body_reader
-                while (chunk := await reader.read(65536)) is not None:
-                    body += chunk
-                    if len(body) > self._max_body:
-                        raise ResponseTooLarge
-                return status, bytes(body), response.headers
-            return status, b"", response.headers
+        started = time.perf_counter()
+        try:
+            async with builder.build_streamed() as response:
+                status = response.status
+                self.stats.responses[status] += 1
+                if status == 200:
+                    body = bytearray()
+                    reader = response.body_reader
+                    while (chunk := await reader.read(65536)) is not None:
+                        body += chunk
+                        if len(body) > self._max_body:
+                            raise ResponseTooLarge
+                    return status, bytes(body), response.headers
+                return status, b"", response.headers
+        finally:
+            self.stats.latency.observe(time.perf_counter() - started)
+
+    def _failure(self, error: Exception) -> Outcome:
+        """Counted by kind; reasons name the kind only: no URL, no header, nothing secret."""
+        if isinstance(error, RequestTimeoutError):
+            self.stats.errors["timeout"] += 1
+            return Timeout("API did not answer in time")
+        if isinstance(error, ResponseTooLarge):
+            self.stats.errors["too-large"] += 1
+            return TemporaryError("API answer exceeds max-response-bytes")
+        self.stats.errors["transport"] += 1
+        return TemporaryError(f"API request failed: {type(error).__name__}")
 
     async def close(self) -> None:
         await self._client.close()
 
 
 _FAILURES = (PyreqwestError, ResponseTooLarge)
-
-
-def _failure(error: Exception) -> Outcome:
-    """Reasons name the kind of failure only: no URL, no header, nothing secret."""
-    if isinstance(error, RequestTimeoutError):
-        return Timeout("API did not answer in time")
-    if isinstance(error, ResponseTooLarge):
-        return TemporaryError("API answer exceeds max-response-bytes")
-    return TemporaryError(f"API request failed: {type(error).__name__}")

@@ -29,6 +29,9 @@ class LookupCache:
         self._max_entries = max_entries
         self._stale_for = stale_for
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def fresh(self, key: CacheKey, now: float) -> Found | NotFound | None:
         entry = self._entries.get(key)
         if entry is None or entry.fresh_until <= now:

@@ -63,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(config: Config) -> None:
-    await Daemon(config).run()
+async def _serve(config: Config, path: str) -> None:
+    await Daemon(config, path).run()
 
 
 async def _serve_demo(base_port: int) -> None:
@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("give either a CONFIG path or --demo")
     try:
         coroutine = (
-            _serve_demo(args.demo_base_port) if args.demo else _serve(load_config(args.config))
+            _serve_demo(args.demo_base_port)
+            if args.demo
+            else _serve(load_config(args.config), args.config)
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(coroutine)

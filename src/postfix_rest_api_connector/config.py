@@ -200,6 +200,17 @@ class EndpointConfig(BaseModel):
         return Path(value) if isinstance(value, str) else value
 
 
+class MetricsConfig(BaseModel):
+    """The optional HTTP listener for ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    bind_address: Annotated[str, AfterValidator(_check_bind_address)] = Field(
+        "127.0.0.1", alias="bind-address"
+    )
+    bind_port: int = Field(alias="bind-port", ge=0, le=65535)
+
+
 class Config(BaseModel):
     """The whole file."""
 
@@ -207,6 +218,7 @@ class Config(BaseModel):
 
     user_agent: str = Field(DEFAULT_USER_AGENT, alias="user-agent", min_length=1)
     shutdown_timeout: Milliseconds = Field(10_000, alias="shutdown-timeout", ge=0, le=600_000)
+    metrics: MetricsConfig | None = None
     endpoints: tuple[EndpointConfig, ...]
 
     @field_validator("endpoints", mode="before")
@@ -290,6 +302,17 @@ def _cross_checks(config: Config) -> Iterator[str]:
                 f" is already used by endpoints[{other}]"
             )
         first_on_address.setdefault(address, index)
+        metrics = config.metrics
+        if (
+            metrics is not None
+            and metrics.bind_port
+            and address
+            == (
+                metrics.bind_address.lower(),
+                metrics.bind_port,
+            )
+        ):
+            yield f"{where}.bind-port: {endpoint.listen_description} is the metrics listener's"
         yield from _token_problems(endpoint, where)
         if endpoint.mode != "policy":
             for field, key in (

@@ -6,6 +6,8 @@ import asyncio
 import ipaddress
 import logging
 import os
+import socket
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -22,6 +24,7 @@ from .model import LookupRequest, Malformed, Outcome, PermanentError, PolicyRequ
 from .replies import policy_reply, socketmap_reply, tcp_table_reply
 from .resilience import RetryPolicy
 from .service import EndpointService, ServiceSettings
+from .stats import ApiStats
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +51,42 @@ def _exchange(
     return Exchange(new_decoder=new_decoder, answer_now=answer_now, answer=answer, reply=reply)
 
 
-def build_exchange(config: EndpointConfig, service: EndpointService) -> Exchange:
+def _counted(
+    reply: Callable[[Outcome], bytes], answered: Counter[type]
+) -> Callable[[Outcome], bytes]:
+    """Every reply passes here, so the count by outcome is complete (for the metrics)."""
+
+    def count_and_reply(outcome: Outcome) -> bytes:
+        answered[type(outcome)] += 1
+        return reply(outcome)
+
+    return count_and_reply
+
+
+def build_exchange(
+    config: EndpointConfig, service: EndpointService, answered: Counter[type]
+) -> Exchange:
     """Wire the endpoint's mode: which codec frames requests and which table encodes outcomes."""
     limit = config.max_request_bytes
     if config.mode == "tcp-lookup":
         return _exchange(
-            partial(TcpTableDecoder, limit), service.lookup, tcp_table_reply, service.cached
+            partial(TcpTableDecoder, limit),
+            service.lookup,
+            _counted(tcp_table_reply, answered),
+            service.cached,
         )
     if config.mode == "socketmap-lookup":
         return _exchange(
-            partial(SocketmapDecoder, limit), service.lookup, socketmap_reply, service.cached
+            partial(SocketmapDecoder, limit),
+            service.lookup,
+            _counted(socketmap_reply, answered),
+            service.cached,
         )
     failure_reply = policy.encode_reply(config.failure_action)
     return _exchange(
         partial(PolicyDecoder, limit, config.max_policy_attributes),
         service.check_policy,
-        partial(policy_reply, failure_reply=failure_reply),
+        _counted(partial(policy_reply, failure_reply=failure_reply), answered),
     )
 
 
@@ -82,43 +105,89 @@ def service_settings(config: EndpointConfig) -> ServiceSettings:
     )
 
 
+ListenKey = str | tuple[str, int | None]
+
+
+def listen_key(config: EndpointConfig) -> ListenKey:
+    """Endpoints with equal keys listen on the same socket, so a reload can hand it over."""
+    return config.bind_path or (config.bind_address.lower(), config.bind_port)
+
+
 class Endpoint:
-    """A running endpoint: listener, open connections and REST client."""
+    """A running endpoint: listeners, open connections and REST client."""
 
     def __init__(self, config: EndpointConfig, user_agent: str) -> None:
         self.config = config
+        self.user_agent = user_agent
+        self._token = config.token()
         self._backend = RestBackend(config, user_agent)
         self.service = EndpointService(config.name, self._backend, service_settings(config))
-        self._exchange = build_exchange(config, self.service)
-        self._tracker = ConnectionTracker()
-        self._server: asyncio.Server | None = None
+        self.answered: Counter[type] = Counter()
+        """Replies sent, by outcome type."""
+        self._exchange = build_exchange(config, self.service, self.answered)
+        self.tracker = ConnectionTracker()
+        self._servers: list[asyncio.Server] = []
         self._socket_inode: int | None = None
 
-    async def start(self) -> None:
-        """Bind and listen; an ``OSError`` (port taken, no such address) reaches the caller."""
+    @property
+    def api_stats(self) -> ApiStats:
+        return self._backend.stats
+
+    @property
+    def listen_key(self) -> ListenKey:
+        return listen_key(self.config)
+
+    def configured_as(self, config: EndpointConfig, user_agent: str) -> bool:
+        """Whether a reload may keep this endpoint as it is (the token file re-read included)."""
+        return (
+            config == self.config
+            and user_agent == self.user_agent
+            and (config.token() == self._token)
+        )
+
+    async def start(self, inherited: list[socket.socket] | None = None) -> None:
+        """Listen, on ``inherited`` sockets (a reload's hand-over) or on newly bound ones.
+
+        An ``OSError`` (port taken, no such address) reaches the caller.
+        """
         loop = asyncio.get_running_loop()
         limits = Limits(
             idle_timeout=self.config.idle_timeout / 1000,
             read_timeout=self.config.read_timeout / 1000,
             max_connections=self.config.max_connections,
         )
+
+        def connection() -> Connection:
+            return Connection(self._exchange, self.tracker, limits)
+
         path = self.config.bind_path
-        if path is not None:
+        if inherited:
+            for sock in inherited:
+                if path is not None:
+                    server = await loop.create_unix_server(connection, sock=sock, backlog=1024)
+                else:
+                    server = await loop.create_server(connection, sock=sock, backlog=1024)
+                self._servers.append(server)
+        elif path is not None:
             unix_socket.clear_stale_socket(path)
-            self._server = await loop.create_unix_server(
-                lambda: Connection(self._exchange, self._tracker, limits), path, backlog=1024
+            with unix_socket.private_umask():  # nobody may connect before the mode below is set
+                server = await loop.create_unix_server(connection, path, backlog=1024)
+            self._servers.append(server)
+        else:
+            self._servers.append(
+                await loop.create_server(
+                    connection,
+                    self.config.bind_address,
+                    self.config.bind_port,
+                    reuse_address=True,
+                    backlog=1024,
+                )
             )
+        if path is not None:
             self._socket_inode = os.lstat(path).st_ino
             unix_socket.set_permissions(path, self.config.socket_mode, self.config.socket_owner)
             where = f"unix:{path}"
         else:
-            self._server = await loop.create_server(
-                lambda: Connection(self._exchange, self._tracker, limits),
-                self.config.bind_address,
-                self.config.bind_port,
-                reuse_address=True,
-                backlog=1024,
-            )
             where = ", ".join(f"{host}:{port}" for host, port in self.addresses)
         log.info(
             "endpoint %s (%s) listening on %s, asking %s",
@@ -139,21 +208,36 @@ class Endpoint:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound TCP addresses (the real port when the config said 0)."""
-        if self._server is None or self.config.bind_path is not None:
+        if self.config.bind_path is not None:
             return []
-        return [sock.getsockname()[:2] for sock in self._server.sockets]
+        return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
 
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    @property
+    def is_serving(self) -> bool:
+        return bool(self._servers) and all(server.is_serving() for server in self._servers)
+
+    def listening_sockets(self) -> list[socket.socket]:
+        """Duplicates of the listening sockets, for the endpoint that replaces this one on a
+        reload: the kernel's accept queue carries over, so no client is refused meanwhile."""
+        return [
+            socket.socket(fileno=os.dup(sock.fileno()))
+            for server in self._servers
+            for sock in server.sockets
+        ]
+
+    def stop_accepting(self, *, keep_socket_file: bool = False) -> None:
+        """Close the listeners; the unix socket file goes too, unless a successor now uses it."""
+        for server in self._servers:
+            server.close()
         if self.config.bind_path is not None and self._socket_inode is not None:
-            unix_socket.remove_socket(self.config.bind_path, self._socket_inode)
+            if not keep_socket_file:
+                unix_socket.remove_socket(self.config.bind_path, self._socket_inode)
             self._socket_inode = None
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, answer what was received, close; then release the REST client."""
         self.stop_accepting()
-        await self._tracker.drain(grace)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self.tracker.drain(grace)
+        for server in self._servers:
+            await server.wait_closed()
         await self._backend.close()

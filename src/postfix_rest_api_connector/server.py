@@ -1,4 +1,4 @@
-"""The daemon: start every endpoint, wait for a signal, drain and stop."""
+"""The daemon: start every endpoint, serve, reload on SIGHUP, drain and stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
-from .config import Config
-from .endpoint import Endpoint
+from .config import Config, ConfigError, EndpointConfig, load_config
+from .endpoint import Endpoint, listen_key
+from .metrics import AdminServer
 from .systemd import notify
 
 log = logging.getLogger(__name__)
@@ -20,12 +25,23 @@ class StartupError(Exception):
 
 
 class Daemon:
-    """All endpoints of one config."""
+    """All endpoints of one config, and the admin listener if the config has one."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
         self.config = config
+        self._config_path = config_path
         self.endpoints = [Endpoint(endpoint, config.user_agent) for endpoint in config.endpoints]
+        self.admin = AdminServer(config.metrics, self) if config.metrics else None
+        self.reloads: Counter[str] = Counter()
         self._stop = asyncio.Event()
+        self._stopping = False
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[object]] = set()
+
+    @property
+    def ready(self) -> bool:
+        """Every listener is up and no shutdown has begun (``/readyz``)."""
+        return not self._stopping and all(endpoint.is_serving for endpoint in self.endpoints)
 
     async def start(self) -> None:
         for index, endpoint in enumerate(self.endpoints):
@@ -33,10 +49,15 @@ class Daemon:
                 await endpoint.start()
             except OSError as error:
                 await self.stop()
-                where = endpoint.config.listen_description
+                raise StartupError(_cannot_listen(f"endpoints[{index}]", endpoint, error)) from None
+        if self.admin is not None:
+            try:
+                await self.admin.start()
+            except OSError as error:
+                await self.stop()
+                where = f"{self.admin.config.bind_address}:{self.admin.config.bind_port}"
                 raise StartupError(
-                    f"endpoints[{index}] ({endpoint.config.name}): cannot listen on {where}:"
-                    f" {error.strerror or error}"
+                    f"metrics: cannot listen on {where}: {error.strerror or error}"
                 ) from None
 
     async def run(self, announce: Callable[[Daemon], None] | None = None) -> None:
@@ -48,21 +69,23 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
             if announce is not None:
                 announce(self)
             gc.collect()
             gc.freeze()  # start-up objects live forever: keep them out of every later collection
-            notify(f"READY=1\nSTATUS=serving {len(self.endpoints)} endpoint(s)")
+            notify(f"READY=1\nSTATUS={self._status()}")
             await self._stop.wait()
+            self._stopping = True
             for endpoint in self.endpoints:
                 endpoint.stop_accepting()
             notify("STOPPING=1")
             log.info("stopping: answering requests already received, then closing")
             await self.stop()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         log.info("stopped")
 
@@ -73,9 +96,147 @@ class Daemon:
         log.info("received %s", signal.Signals(signum).name)
         self._stop.set()
 
+    def _on_sighup(self) -> None:
+        if self._config_path is None:
+            log.warning("received SIGHUP, but there is no config file to reload (demo)")
+            return
+        log.info("received SIGHUP: reloading %s", self._config_path)
+        self._in_background(self.reload())
+
+    def _in_background(self, coroutine: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it; if it is invalid, keep running as before.
+
+        Unchanged endpoints keep their listeners and connections. Changed ones take over the old
+        listening socket where the address is the same, so Postfix is never refused meanwhile;
+        the old endpoint then answers what it has received and closes its connections.
+        """
+        async with self._reload_lock:
+            if self._stopping or self._config_path is None:
+                return False
+            notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                new = load_config(self._config_path)
+            except ConfigError as error:
+                problems = "\n  ".join(error.problems)
+                log.error("reload: config invalid, still running the previous one:\n  %s", problems)  # noqa: TRY400
+                applied = False
+            else:
+                applied = await self._apply(new)
+            self.reloads["ok" if applied else "failed"] += 1
+            notify(f"READY=1\nSTATUS={self._status()}")
+            return applied
+
+    async def _apply(self, new: Config) -> bool:
+        current = {endpoint.config.name: endpoint for endpoint in self.endpoints}
+        kept = {
+            config.name: current[config.name]
+            for config in new.endpoints
+            if config.name in current and current[config.name].configured_as(config, new.user_agent)
+        }
+        retiring = [endpoint for endpoint in self.endpoints if endpoint.config.name not in kept]
+        started: dict[str, Endpoint] = {}
+        handed_over: set[Endpoint] = set()
+        try:
+            for index, config in enumerate(new.endpoints):
+                if config.name in kept:
+                    continue
+                endpoint = Endpoint(config, new.user_agent)
+                started[config.name] = endpoint
+                predecessor = _predecessor(config, current.get(config.name), retiring, handed_over)
+                sockets = predecessor.listening_sockets() if predecessor else None
+                try:
+                    await endpoint.start(sockets)
+                except OSError as error:
+                    for sock in sockets or ():
+                        sock.close()
+                    raise _ReloadFailed(_cannot_listen(f"endpoints[{index}]", endpoint, error))  # noqa: B904
+                if predecessor is not None:
+                    handed_over.add(predecessor)
+        except (_ReloadFailed, OSError) as error:
+            log.error("reload: %s; still running the previous config", error)  # noqa: TRY400
+            for endpoint in started.values():
+                endpoint.stop_accepting(keep_socket_file=True)  # the old endpoint still serves it
+                await endpoint.stop(0)
+            return False
+        grace = new.shutdown_timeout / 1000
+        for endpoint in retiring:
+            endpoint.stop_accepting(keep_socket_file=endpoint in handed_over)
+            self._in_background(endpoint.stop(grace))
+        self.endpoints = [kept.get(c.name) or started[c.name] for c in new.endpoints]
+        metrics_applied = await self._reconfigure_admin(new)
+        self.config = new
+        log.info(
+            "reloaded: %d endpoint(s) unchanged, %d started, %d stopped",
+            len(kept),
+            len(started),
+            len(retiring),
+        )
+        return metrics_applied
+
+    async def _reconfigure_admin(self, new: Config) -> bool:
+        if new.metrics == self.config.metrics:
+            return True
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        if new.metrics is None:
+            return True
+        admin = AdminServer(new.metrics, self)
+        try:
+            await admin.start()
+        except OSError as error:
+            log.error("reload: metrics: cannot listen: %s; metrics are off", error)  # noqa: TRY400
+            return False
+        self.admin = admin
+        return True
+
+    def _status(self) -> str:
+        return f"serving {len(self.endpoints)} endpoint(s)"
+
     async def stop(self) -> None:
         """Close every listener at once, then drain each endpoint's connections."""
-        for endpoint in self.endpoints:
-            endpoint.stop_accepting()
+        self._stopping = True
+        async with self._reload_lock:  # a reload under way finishes first; later ones do nothing
+            for endpoint in self.endpoints:
+                endpoint.stop_accepting()
+            if self.admin is not None:
+                await self.admin.stop()
         timeout = self.config.shutdown_timeout / 1000
-        await asyncio.gather(*(endpoint.stop(timeout) for endpoint in self.endpoints))
+        await asyncio.gather(
+            *(endpoint.stop(timeout) for endpoint in self.endpoints), *self._background
+        )
+
+
+class _ReloadFailed(Exception):
+    pass
+
+
+def _cannot_listen(where: str, endpoint: Endpoint, error: OSError) -> str:
+    return (
+        f"{where} ({endpoint.config.name}): cannot listen on {endpoint.config.listen_description}:"
+        f" {error.strerror or error}"
+    )
+
+
+def _predecessor(
+    config: EndpointConfig,
+    same_name: Endpoint | None,
+    retiring: list[Endpoint],
+    taken: set[Endpoint],
+) -> Endpoint | None:
+    """The retiring endpoint whose listening socket ``config`` can take over, if any.
+
+    The same name on the same address first; otherwise any retiring endpoint on the same fixed
+    address (a port of 0 means "any free port", which only the same name can carry over).
+    """
+    key = listen_key(config)
+    if same_name is not None and same_name in retiring and same_name.listen_key == key:
+        return same_name
+    if isinstance(key, tuple) and not key[1]:
+        return None
+    return next((e for e in retiring if e.listen_key == key and e not in taken), None)

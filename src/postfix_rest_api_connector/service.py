@@ -27,6 +27,7 @@ from .model import (
     TemporaryError,
 )
 from .resilience import CircuitBreaker, RetryPolicy, is_transient
+from .stats import ServiceStats
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,6 @@ class ServiceSettings:
     breaker_cooldown: float = 5.0
 
 
-@dataclass(slots=True)
-class ServiceStats:
-    """Counters for operators (and, later, metrics)."""
-
-    api_calls: int = 0
-    cache_hits: int = 0
-    coalesced: int = 0
-    stale_answers: int = 0
-    breaker_rejections: int = 0
-
-
 class EndpointService:
     """Answers one endpoint's requests from its cache and backend."""
 
@@ -88,6 +78,10 @@ class EndpointService:
     def breaker_state(self) -> str:
         return self._breaker.state.value
 
+    @property
+    def cache_entries(self) -> int:
+        return len(self._cache)
+
     def cached(self, request: LookupRequest) -> Found | NotFound | None:
         """A fresh cached answer, found without awaiting anything (the connection's fast path)."""
         outcome = self._cache.fresh((request.map_name, request.key), time.monotonic())
@@ -101,6 +95,15 @@ class EndpointService:
         cached = self.cached(request)
         if cached is not None:
             return cached
+        stats = self.stats
+        stats.cache_misses += 1
+        stats.in_flight += 1
+        try:
+            return await self._coalesced(key, request)
+        finally:
+            stats.in_flight -= 1
+
+    async def _coalesced(self, key: CacheKey, request: LookupRequest) -> Outcome:
         shared = self._in_flight.get(key)
         if shared is not None:
             self.stats.coalesced += 1
@@ -121,7 +124,11 @@ class EndpointService:
 
     async def check_policy(self, request: PolicyRequest) -> Outcome:
         request_id.set(new_request_id())
-        return await self._guarded(self._ask_policy, request)
+        self.stats.in_flight += 1
+        try:
+            return await self._guarded(self._ask_policy, request)
+        finally:
+            self.stats.in_flight -= 1
 
     async def _guarded(self, call: Callable[[_R], Awaitable[Outcome]], request: _R) -> Outcome:
         try:

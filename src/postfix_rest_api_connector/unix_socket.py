@@ -8,6 +8,8 @@ import os
 import pwd
 import socket
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def clear_stale_socket(path: str) -> None:
@@ -29,6 +31,16 @@ def clear_stale_socket(path: str) -> None:
             os.unlink(path)
             return
     raise OSError(errno.EADDRINUSE, f"another process is listening on {path}")
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Create files readable and writable by their owner only, for as long as the block runs."""
+    previous = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def set_permissions(path: str, mode: str, owner: str | None) -> None:
