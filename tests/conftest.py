@@ -6,8 +6,10 @@ Everything listens on 127.0.0.1 port 0; nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -225,7 +227,8 @@ Spawn = Callable[..., Awaitable[Connector]]
 
 @pytest.fixture
 async def spawn() -> AsyncIterator[Spawn]:
-    """Start the daemon (``python -m``); whatever is still running at teardown is killed."""
+    """Start the daemon (``python -m``) in its own process group; whatever is still running at
+    teardown is killed, worker processes included, and its output pipes are drained."""
     started: list[asyncio.subprocess.Process] = []
 
     async def start(*args: str, env: dict[str, str] | None = None) -> Connector:
@@ -236,15 +239,16 @@ async def spawn() -> AsyncIterator[Spawn]:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=child_env(env or {}),
+            start_new_session=True,
         )
         started.append(process)
         return Connector(process)
 
     yield start
     for process in started:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.communicate()
 
 
 async def run_to_end(*command: str) -> tuple[int, str, str]:

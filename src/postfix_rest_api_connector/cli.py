@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import sys
+from functools import partial
 
 import uvloop
 
@@ -15,6 +16,7 @@ from . import __version__, commands, demo
 from .config import Config, ConfigError, load_config, parse_config
 from .log import configure
 from .server import Daemon, StartupError
+from .supervisor import Supervisor, Worker
 
 EX_CONFIG = 78
 """sysexits.h: configuration error; systemd and Postfix administrators know it."""
@@ -63,8 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(config: Config, path: str) -> None:
-    await Daemon(config, path).run()
+def _serve(config: Config, path: str) -> int:
+    """One process, or a supervisor of ``workers`` processes (forked before any event loop)."""
+    workers = config.effective_workers
+    if workers == 1:
+        return _run_daemon(config, None, path)
+    return Supervisor(config, path, workers, partial(_run_daemon, path=path)).run()
+
+
+def _run_daemon(config: Config, worker: Worker | None, path: str) -> int:
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(Daemon(config, path, worker).run())
+    except StartupError as error:
+        log.error("%s", error)  # noqa: TRY400 - the message is the whole story
+        return EX_STARTUP
+    return 0
 
 
 async def _serve_demo(base_port: int) -> None:
@@ -136,13 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo == (args.config is not None):
         _parser().error("give either a CONFIG path or --demo")
     try:
-        coroutine = (
-            _serve_demo(args.demo_base_port)
-            if args.demo
-            else _serve(load_config(args.config), args.config)
-        )
+        if not args.demo:
+            return _serve(load_config(args.config), args.config)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(coroutine)
+            runner.run(_serve_demo(args.demo_base_port))
     except ConfigError as error:
         for problem in error.problems:
             print(f"config error: {problem}", file=sys.stderr)

@@ -219,7 +219,23 @@ class Config(BaseModel):
     user_agent: str = Field(DEFAULT_USER_AGENT, alias="user-agent", min_length=1)
     shutdown_timeout: Milliseconds = Field(10_000, alias="shutdown-timeout", ge=0, le=600_000)
     metrics: MetricsConfig | None = None
+    workers: int | None = Field(None, ge=1, le=256)
+    """Processes; ``None`` (the default) is one per CPU this process may run on."""
     endpoints: tuple[EndpointConfig, ...]
+
+    @property
+    def any_free_port(self) -> bool:
+        """Some listener asks for any free port (0): each worker would get a different one."""
+        ports = [e.bind_port for e in self.endpoints if e.bind_path is None]
+        if self.metrics is not None:
+            ports.append(self.metrics.bind_port)
+        return 0 in ports
+
+    @property
+    def effective_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return 1 if self.any_free_port else len(os.sched_getaffinity(0))
 
     @field_validator("endpoints", mode="before")
     @classmethod
@@ -285,6 +301,8 @@ def _describe(error: dict[str, Any]) -> str:
 def _cross_checks(config: Config) -> Iterator[str]:
     if not config.endpoints:
         yield "endpoints: must list at least one endpoint"
+    if (config.workers or 1) > 1 and config.any_free_port:
+        yield "workers: several workers need fixed ports; a bind-port of 0 needs workers 1"
     first_with_name: dict[str, int] = {}
     first_on_address: dict[tuple[str, int], int] = {}
     for index, endpoint in enumerate(config.endpoints):

@@ -12,10 +12,18 @@ from contextvars import ContextVar
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
-_PROCESS_TAG = f"{os.getpid():x}-{os.urandom(3).hex()}"
+
+def _new_process_tag() -> None:
+    global _process_tag  # noqa: PLW0603 - one per process, renewed in a forked worker
+    _process_tag = f"{os.getpid():x}-{os.urandom(3).hex()}"
+
+
+_process_tag = ""
+_new_process_tag()
+os.register_at_fork(after_in_child=_new_process_tag)
 _sequence = itertools.count(1)
 
 
 def new_request_id() -> str:
-    """Unique per process run and cheap: a random process tag and a counter."""
-    return f"{_PROCESS_TAG}-{next(_sequence)}"
+    """Unique per process run and cheap: a random process tag (the pid first) and a counter."""
+    return f"{_process_tag}-{next(_sequence)}"

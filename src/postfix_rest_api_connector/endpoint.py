@@ -116,9 +116,13 @@ def listen_key(config: EndpointConfig) -> ListenKey:
 class Endpoint:
     """A running endpoint: listeners, open connections and REST client."""
 
-    def __init__(self, config: EndpointConfig, user_agent: str) -> None:
+    def __init__(
+        self, config: EndpointConfig, user_agent: str, *, shared_port: bool = False
+    ) -> None:
         self.config = config
         self.user_agent = user_agent
+        self._shared_port = shared_port
+        """Other workers listen on the same TCP port (``SO_REUSEPORT``)."""
         self._token = config.token()
         self._backend = RestBackend(config, user_agent)
         self.service = EndpointService(config.name, self._backend, service_settings(config))
@@ -180,6 +184,7 @@ class Endpoint:
                     self.config.bind_address,
                     self.config.bind_port,
                     reuse_address=True,
+                    reuse_port=self._shared_port or None,
                     backlog=1024,
                 )
             )

@@ -173,8 +173,11 @@ def _le(bound: float) -> str:
 class AdminServer:
     """The HTTP listener of the ``metrics`` config section."""
 
-    def __init__(self, config: MetricsConfig, daemon: Observed) -> None:
+    def __init__(
+        self, config: MetricsConfig, daemon: Observed, *, shared_port: bool = False
+    ) -> None:
         self.config = config
+        self._shared_port = shared_port
         self._daemon = daemon
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(ConnectorCollector(daemon))
@@ -190,7 +193,11 @@ class AdminServer:
         """Bind and listen; an ``OSError`` reaches the caller."""
         await self._runner.setup()
         self._site = web.TCPSite(
-            self._runner, self.config.bind_address, self.config.bind_port, reuse_address=True
+            self._runner,
+            self.config.bind_address,
+            self.config.bind_port,
+            reuse_address=True,
+            reuse_port=self._shared_port or None,
         )
         try:
             await self._site.start()

@@ -15,6 +15,7 @@ from typing import Any
 from .config import Config, ConfigError, EndpointConfig, load_config
 from .endpoint import Endpoint, listen_key
 from .metrics import AdminServer
+from .supervisor import Worker
 from .systemd import notify
 
 log = logging.getLogger(__name__)
@@ -27,16 +28,40 @@ class StartupError(Exception):
 class Daemon:
     """All endpoints of one config, and the admin listener if the config has one."""
 
-    def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | Path | None = None, worker: Worker | None = None
+    ) -> None:
         self.config = config
         self._config_path = config_path
-        self.endpoints = [Endpoint(endpoint, config.user_agent) for endpoint in config.endpoints]
-        self.admin = AdminServer(config.metrics, self) if config.metrics else None
+        self._worker = worker or Worker(0, 1)
+        self.endpoints = [self._endpoint(endpoint, config) for endpoint in self._served(config)]
+        self.admin = self._admin(config)
         self.reloads: Counter[str] = Counter()
         self._stop = asyncio.Event()
         self._stopping = False
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[object]] = set()
+
+    def _served(self, config: Config) -> list[EndpointConfig]:
+        """The endpoints this process serves: all, except unix sockets in workers after the
+        first (a unix socket cannot be shared out by the kernel as a TCP port can)."""
+        if self._worker.index == 0:
+            return list(config.endpoints)
+        return [endpoint for endpoint in config.endpoints if endpoint.bind_path is None]
+
+    def _endpoint(self, config: EndpointConfig, whole: Config) -> Endpoint:
+        return Endpoint(config, whole.user_agent, shared_port=self._worker.count > 1)
+
+    def _admin(self, config: Config) -> AdminServer | None:
+        """Each worker has its own admin listener, on the configured port plus its index."""
+        if config.metrics is None:
+            return None
+        port = config.metrics.bind_port + self._worker.index
+        return AdminServer(
+            config.metrics.model_copy(update={"bind_port": port}),
+            self,
+            shared_port=self._worker.count > 1,
+        )
 
     @property
     def ready(self) -> bool:
@@ -132,10 +157,13 @@ class Daemon:
             return applied
 
     async def _apply(self, new: Config) -> bool:
+        if new.effective_workers != self.config.effective_workers:
+            log.warning("reload: the number of workers changes only at the next restart")
         current = {endpoint.config.name: endpoint for endpoint in self.endpoints}
+        served = self._served(new)
         kept = {
             config.name: current[config.name]
-            for config in new.endpoints
+            for config in served
             if config.name in current and current[config.name].configured_as(config, new.user_agent)
         }
         retiring = [endpoint for endpoint in self.endpoints if endpoint.config.name not in kept]
@@ -143,9 +171,9 @@ class Daemon:
         handed_over: set[Endpoint] = set()
         try:
             for index, config in enumerate(new.endpoints):
-                if config.name in kept:
+                if config.name in kept or config not in served:
                     continue
-                endpoint = Endpoint(config, new.user_agent)
+                endpoint = self._endpoint(config, new)
                 started[config.name] = endpoint
                 predecessor = _predecessor(config, current.get(config.name), retiring, handed_over)
                 sockets = predecessor.listening_sockets() if predecessor else None
@@ -167,7 +195,7 @@ class Daemon:
         for endpoint in retiring:
             endpoint.stop_accepting(keep_socket_file=endpoint in handed_over)
             self._in_background(endpoint.stop(grace))
-        self.endpoints = [kept.get(c.name) or started[c.name] for c in new.endpoints]
+        self.endpoints = [kept.get(c.name) or started[c.name] for c in served]
         metrics_applied = await self._reconfigure_admin(new)
         self.config = new
         log.info(
@@ -184,9 +212,9 @@ class Daemon:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
-        if new.metrics is None:
+        admin = self._admin(new)
+        if admin is None:
             return True
-        admin = AdminServer(new.metrics, self)
         try:
             await admin.start()
         except OSError as error:

@@ -1,0 +1,233 @@
+"""Several worker processes, so that every core answers Postfix (``workers`` in the config).
+
+One event loop is one core's worth of Python. Each worker is a forked copy running the same
+``Daemon`` as a single process does; its TCP listeners use ``SO_REUSEPORT``, so the kernel spreads
+new connections over the workers. The supervisor forks them before any event loop or HTTP client
+thread exists (fork-safe), forwards SIGTERM/SIGINT/SIGHUP, restarts a worker that dies, and speaks
+for all of them to systemd: each worker's ``NOTIFY_SOCKET`` is the supervisor's own datagram
+socket, and the supervisor says ``READY=1`` once every worker has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import selectors
+import signal
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+from .systemd import notify
+
+log = logging.getLogger(__name__)
+
+RESPAWN_DELAY = 1.0
+"""Seconds between restarts of a worker that keeps dying, so a crash loop costs little."""
+_CREDENTIALS = struct.calcsize("3i")
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """Get SIGTERM (drain and exit) if the supervisor dies, even by SIGKILL: no orphans."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to stop with the supervisor: errno %d", ctypes.get_errno())
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """Which worker this process is: index 0 also serves the unix-socket endpoints."""
+
+    index: int
+    count: int
+
+
+@dataclass(slots=True)
+class _Child:
+    index: int
+    pid: int = 0
+    ready: bool = False
+    ever_ready: bool = False
+    started_at: float = 0.0
+
+
+WorkerMain = Callable[[Config, Worker], int]
+
+
+class Supervisor:
+    """Forks the workers and keeps them running until told to stop."""
+
+    def __init__(self, config: Config, path: str, count: int, worker_main: WorkerMain) -> None:
+        self._config = config
+        self._path = path
+        self._worker_main = worker_main
+        self._children = [_Child(index) for index in range(count)]
+        self._stopping = False
+        self._signals: list[int] = []
+        self._announced = False
+        self._status = 0
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT and every worker has drained; the exit status."""
+        with tempfile.TemporaryDirectory(prefix="prac-") as directory:
+            notify_path = str(Path(directory) / "notify")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as inbox:
+                inbox.bind(notify_path)
+                inbox.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                inbox.setblocking(False)
+                return self._serve(inbox, notify_path)
+
+    def _serve(self, inbox: socket.socket, notify_path: str) -> int:
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        previous_wakeup = signal.set_wakeup_fd(wake_write)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in handled}
+        selector = selectors.DefaultSelector()
+        selector.register(inbox, selectors.EVENT_READ)
+        selector.register(wake_read, selectors.EVENT_READ)
+        try:
+            for child in self._children:
+                self._spawn(child, notify_path)
+            log.info("supervising %d workers", len(self._children))
+            while not self._stopping or any(child.pid for child in self._children):
+                for key, _ in selector.select(timeout=RESPAWN_DELAY):
+                    if key.fileobj is inbox:
+                        self._read_notifications(inbox)
+                    else:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(wake_read, 4096)
+                self._handle_signals()
+                self._reap(notify_path)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(previous_wakeup)
+            selector.close()
+            os.close(wake_read)
+            os.close(wake_write)
+        log.info("stopped")
+        return self._status
+
+    def _on_signal(self, signum: int, _: object) -> None:
+        self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGCHLD:
+                continue  # _reap runs after every wake-up
+            if signum == signal.SIGHUP:
+                self._reload()
+                continue
+            if self._stopping:
+                log.warning("second %s: stopping the workers at once", signal.Signals(signum).name)
+                self._forward(signal.SIGKILL)
+                continue
+            log.info("received %s: stopping the workers", signal.Signals(signum).name)
+            self._stopping = True
+            notify("STOPPING=1")
+            self._forward(signal.SIGTERM)
+
+    def _reload(self) -> None:
+        """Every worker reloads the file itself; a worker restarted later starts from it too."""
+        if self._stopping:
+            return
+        # if invalid, each worker logs the problems; a restarted worker uses the last valid one
+        with contextlib.suppress(ConfigError):
+            self._config = load_config(self._path)
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self._announced = False
+        for child in self._children:
+            child.ready = False
+        self._forward(signal.SIGHUP)
+
+    def _forward(self, signum: int) -> None:
+        for child in self._children:
+            if child.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+    def _read_notifications(self, inbox: socket.socket) -> None:
+        """A worker's READY=1 (after start or a reload); the sender is known by its pid."""
+        while True:
+            try:
+                data, ancillary, _, _ = inbox.recvmsg(4096, socket.CMSG_SPACE(_CREDENTIALS))
+            except BlockingIOError:
+                break
+            pid = next(
+                (
+                    struct.unpack("3i", cmsg_data[:_CREDENTIALS])[0]
+                    for level, kind, cmsg_data in ancillary
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+                ),
+                0,
+            )
+            if b"READY=1" in data.split(b"\n"):
+                for child in self._children:
+                    if child.pid == pid:
+                        child.ready = child.ever_ready = True
+        if not self._announced and not self._stopping and all(c.ready for c in self._children):
+            self._announced = True
+            notify(f"READY=1\nSTATUS=serving with {len(self._children)} workers")
+
+    def _reap(self, notify_path: str) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                break
+            child = next((c for c in self._children if c.pid == pid), None)
+            if child is None:
+                continue
+            child.pid, child.ready = 0, False
+            if not child.ever_ready and not self._stopping:
+                # it never started (a port taken, say): like a single process, give up
+                log.error("worker %d could not start; stopping", child.index)
+                self._status = os.waitstatus_to_exitcode(status) or 1
+                self._stopping = True
+                self._forward(signal.SIGTERM)
+            elif not self._stopping:
+                log.error(
+                    "worker %d (pid %d) exited with status %d; restarting it",
+                    child.index,
+                    pid,
+                    os.waitstatus_to_exitcode(status),
+                )
+        if not self._stopping:
+            for child in self._children:
+                if not child.pid and time.monotonic() - child.started_at >= RESPAWN_DELAY:
+                    self._spawn(child, notify_path)
+
+    def _spawn(self, child: _Child, notify_path: str) -> None:
+        child.started_at = time.monotonic()
+        pid = os.fork()
+        if pid:
+            child.pid = pid
+            return
+        # the worker: default signal handling, its own notify target, then the normal daemon
+        status = 1
+        try:
+            _stop_with_parent()
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
+            os.environ["NOTIFY_SOCKET"] = notify_path
+            status = self._worker_main(self._config, Worker(child.index, len(self._children)))
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:
+            log.exception("worker %d failed", child.index)
+        finally:
+            logging.shutdown()
+            os._exit(status)

@@ -1,0 +1,247 @@
+"""Several worker processes (``workers``): the real daemon in a child process, real signals.
+
+Workers share a TCP port with ``SO_REUSEPORT``, so a test cannot use port 0 in the config; it
+reserves a port instead by binding port 0 with ``SO_REUSEPORT`` itself (without listening, so it
+never takes a connection) and holding that socket for the whole test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import DEADLINE, Connector, FakeApi, Spawn, endpoint_config
+
+WORKERS_READY = re.compile(r"supervising (\d+) workers")
+
+
+@contextmanager
+def reserved_ports(count: int = 1) -> Iterator[list[int]]:
+    """``count`` consecutive loopback ports, held with ``SO_REUSEPORT`` so that only processes
+    of this user binding with ``SO_REUSEPORT`` (our workers) can join them."""
+    for _ in range(50):
+        with ExitStack() as stack:
+            sockets: list[socket.socket] = []
+            try:
+                for offset in range(count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    port = sockets[0].getsockname()[1] + offset if sockets else 0
+                    sock.bind(("127.0.0.1", port))
+                    sockets.append(sock)
+            except OSError:
+                continue
+            yield [sock.getsockname()[1] for sock in sockets]
+            return
+    pytest.fail(f"found no {count} consecutive free loopback ports")
+
+
+def write_config(tmp_path: Path, document: Any) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+async def tcp_get(port: int, key: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"get {key}\n".encode())
+        return await asyncio.wait_for(reader.readline(), DEADLINE)
+    finally:
+        writer.close()
+
+
+def worker_pids(supervisor_pid: int) -> list[int]:
+    children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text()
+    return sorted(int(pid) for pid in children.split())
+
+
+def pid_tags(api: FakeApi) -> set[str]:
+    """The worker each API request came from: request ids start with the pid in hex."""
+    return {seen.headers["X-Request-Id"].split("-")[0] for seen in api.seen}
+
+
+@pytest.fixture
+async def notifications(tmp_path: Path) -> AsyncIterator[tuple[str, asyncio.Queue[bytes]]]:
+    """A datagram socket standing in for systemd's ``NOTIFY_SOCKET``."""
+    path = str(tmp_path / "notify")
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.setblocking(False)
+
+        async def receive() -> None:
+            while True:
+                await queue.put(await loop.sock_recv(sock, 4096))
+
+        task = asyncio.create_task(receive())
+        yield path, queue
+        task.cancel()
+
+
+async def next_notification(queue: asyncio.Queue[bytes]) -> bytes:
+    return await asyncio.wait_for(queue.get(), DEADLINE)
+
+
+async def start(spawn: Spawn, config: Path, notify_path: str | None = None) -> Connector:
+    env = {"NOTIFY_SOCKET": notify_path} if notify_path else {}
+    connector = await spawn(str(config), env=env)
+    await connector.expect(WORKERS_READY)
+    return connector
+
+
+async def test_two_workers_share_the_port_and_both_answer(
+    api: FakeApi, tmp_path: Path, spawn: Spawn
+) -> None:
+    api.answer_json(["v"])
+    with reserved_ports() as (port,):
+        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+        connector = await start(spawn, config)
+        await connector.expect(re.compile(r"listening on"))
+        await connector.expect(re.compile(r"listening on"))
+        assert len(worker_pids(connector.process.pid)) == 2
+        replies = await asyncio.gather(*(tcp_get(port, f"k{i}") for i in range(64)))
+        assert set(replies) == {b"200 v\n"}
+        assert len(pid_tags(api)) == 2, "the kernel gave every connection to one worker"
+        connector.process.send_signal(signal.SIGTERM)
+        assert await connector.finish() == 0
+
+
+async def test_readiness_reload_and_stopping_speak_for_all_workers(
+    api: FakeApi,
+    tmp_path: Path,
+    spawn: Spawn,
+    notifications: tuple[str, asyncio.Queue[bytes]],
+) -> None:
+    notify_path, queue = notifications
+    api.answer_json(["v"])
+    with reserved_ports() as (port,):
+        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+        connector = await start(spawn, config, notify_path)
+        assert await next_notification(queue) == b"READY=1\nSTATUS=serving with 2 workers"
+        client = await asyncio.open_connection("127.0.0.1", port)
+        client[1].write(b"get before\n")
+        assert await asyncio.wait_for(client[0].readline(), DEADLINE) == b"200 v\n"
+
+        connector.process.send_signal(signal.SIGHUP)
+        assert (await next_notification(queue)).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert await next_notification(queue) == b"READY=1\nSTATUS=serving with 2 workers"
+        assert queue.empty()
+        client[1].write(b"get after\n")  # an unchanged endpoint keeps its connections
+        assert await asyncio.wait_for(client[0].readline(), DEADLINE) == b"200 v\n"
+        client[1].close()
+
+        connector.process.send_signal(signal.SIGTERM)
+        assert await next_notification(queue) == b"STOPPING=1"
+        assert await connector.finish() == 0
+
+
+async def test_a_worker_that_dies_is_restarted(
+    api: FakeApi,
+    tmp_path: Path,
+    spawn: Spawn,
+    notifications: tuple[str, asyncio.Queue[bytes]],
+) -> None:
+    notify_path, queue = notifications
+    api.answer_json(["v"])
+    with reserved_ports() as (port,):
+        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+        connector = await start(spawn, config, notify_path)
+        assert (await next_notification(queue)).startswith(b"READY=1")
+        victim = worker_pids(connector.process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        await connector.expect(re.compile(rf"worker \d \(pid {victim}\) exited with status -9"))
+        await connector.expect(re.compile(r"listening on"))  # the new worker
+        pids = worker_pids(connector.process.pid)
+        assert len(pids) == 2
+        assert victim not in pids
+        assert {await tcp_get(port, f"k{i}") for i in range(16)} == {b"200 v\n"}
+        connector.process.send_signal(signal.SIGTERM)
+        assert await connector.finish() == 0
+
+
+async def test_a_worker_that_cannot_listen_stops_everything(
+    api: FakeApi, tmp_path: Path, spawn: Spawn
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+        connector = await spawn(str(config))
+        assert await connector.finish() == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in connector.stderr
+    assert "could not start; stopping" in connector.stderr
+
+
+async def test_workers_need_fixed_ports(api: FakeApi, tmp_path: Path, spawn: Spawn) -> None:
+    endpoint = endpoint_config("tcp-lookup", api.url)  # bind-port 0
+    config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+    connector = await spawn(str(config))
+    assert await connector.finish() == 78
+    assert "config error: workers: several workers need fixed ports" in connector.stderr
+
+
+async def test_unix_socket_endpoints_are_served_by_the_first_worker(
+    api: FakeApi, tmp_path: Path, spawn: Spawn
+) -> None:
+    api.answer_json(["v"])
+    socket_path = f"/tmp/prac-{os.getpid()}-{id(tmp_path):x}.sock"
+    with reserved_ports() as (port,):
+        tcp = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        unix = {**endpoint_config("socketmap-lookup", api.url), "bind-path": socket_path}
+        del unix["bind-port"]
+        config = write_config(tmp_path, {"workers": 2, "endpoints": [tcp, unix]})
+        connector = await start(spawn, config)
+        try:
+            for _ in range(3):  # tcp in both workers, unix in the first only
+                await connector.expect(re.compile(r"listening on"))
+            reader, writer = await asyncio.open_unix_connection(socket_path)
+            writer.write(b"5:map k,")
+            assert await asyncio.wait_for(reader.readexactly(7), DEADLINE) == b"4:OK v,"
+            writer.close()
+            connector.process.send_signal(signal.SIGTERM)
+            assert await connector.finish() == 0
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(socket_path)
+    assert connector.stderr.count(f"listening on unix:{socket_path}") == 1
+    assert "Traceback" not in connector.stderr
+
+
+async def test_each_worker_has_its_metrics_listener(
+    api: FakeApi, tmp_path: Path, spawn: Spawn
+) -> None:
+    with reserved_ports(3) as (port, metrics_first, metrics_second):
+        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        metrics = {"bind-port": metrics_first}
+        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint], "metrics": metrics})
+        connector = await start(spawn, config)
+        seen = set()
+        for _ in range(2):
+            line = await connector.expect(re.compile(r"metrics, healthz and readyz on http://\S+"))
+            seen.add(int(line[0].rsplit(":", 1)[1]))
+        assert seen == {metrics_first, metrics_second}
+        for metrics_port in seen:
+            reader, writer = await asyncio.open_connection("127.0.0.1", metrics_port)
+            writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
+            assert (await asyncio.wait_for(reader.read(), DEADLINE)).endswith(b"ready\n")
+            writer.close()
+        connector.process.send_signal(signal.SIGTERM)
+        assert await connector.finish() == 0
