@@ -392,6 +392,7 @@ def test_unit_is_hardened() -> None:
         "ExecStart": [f"{BINARY} {INSTALLED_CONFIG}"],
         "ExecReload": ["/bin/kill -HUP $MAINPID"],
         "Restart": ["on-failure"],
+        "KillMode": ["mixed"],
         "RestartPreventExitStatus": ["78"],
         "DynamicUser": ["yes"],
         "NoNewPrivileges": ["yes"],

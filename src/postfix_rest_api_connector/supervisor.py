@@ -219,6 +219,7 @@ class Supervisor:
         status = 1
         try:
             _stop_with_parent()
+            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which forwards it
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
