@@ -88,16 +88,37 @@ def free_port() -> int:
         return port
 
 
+def workers_of(pid: int) -> list[int]:
+    """The processes that serve: the worker children of a supervisor, or the process itself."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children] or [pid]
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    """User and system time of the process and of its worker processes, all threads."""
+    total = 0.0
+    for process in {pid, *workers_of(pid)}:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return total
 
 
 def memory_mib(pid: int) -> dict[str, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
+    """The largest worker's VmRSS and VmHWM (the targets are per worker), and the total RSS."""
+    per_process = []
+    for process in workers_of(pid):
+        status = Path(f"/proc/{process}/status").read_text()
+        per_process.append(
+            {
+                key: int(re.search(rf"^{key}:\s+(\d+)", status, re.MULTILINE)[1]) / 1024  # type: ignore[index]
+                for key in ("VmRSS", "VmHWM")
+            }
+        )
     return {
-        key: int(re.search(rf"^{key}:\s+(\d+)", status, re.MULTILINE)[1]) / 1024  # type: ignore[index]
-        for key in ("VmRSS", "VmHWM")
+        "VmRSS": max(memory["VmRSS"] for memory in per_process),
+        "VmHWM": max(memory["VmHWM"] for memory in per_process),
+        "RSS_total": sum(memory["VmRSS"] for memory in per_process),
+        "workers": len(per_process),
     }
 
 
@@ -124,7 +145,7 @@ def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_connector(
-    tmp: Path, scenario: Scenario, api_port: int
+    tmp: Path, scenario: Scenario, api_port: int, workers: int | None
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     path = "policy" if scenario.mode == "policy" else "lookup"
@@ -139,7 +160,10 @@ def start_connector(
     if scenario.cache:
         endpoint["cache-ttl"] = 60_000
     config = tmp / "connector.json"
-    config.write_text(json.dumps({"endpoints": [endpoint]}))
+    document: dict[str, Any] = {"endpoints": [endpoint]}
+    if workers is not None:
+        document["workers"] = workers
+    config.write_text(json.dumps(document))
     process = subprocess.Popen(
         [sys.executable, "-m", "postfix_rest_api_connector", str(config), "--log-level", "WARNING"]
     )
@@ -179,9 +203,16 @@ def run_loadgen(
 
 
 def measure(
-    loadgen: Path, tmp: Path, scenario: Scenario, *, api_port: int, warmup: float, duration: float
+    loadgen: Path,
+    tmp: Path,
+    scenario: Scenario,
+    *,
+    api_port: int,
+    warmup: float,
+    duration: float,
+    workers: int | None,
 ) -> dict[str, Any]:
-    connector, port = start_connector(tmp, scenario, api_port)
+    connector, port = start_connector(tmp, scenario, api_port, workers)
     try:
         generator = run_loadgen(
             loadgen,
@@ -260,8 +291,9 @@ SCENARIO_SETS = {
 def table(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -> str:
     lines = [
         "| scenario | bound req/s | req/s | of bound | p50 ms | p99 ms | p99.9 ms | max ms"
-        " | errors | CPU us/req | new API conns /1000 | VmRSS MiB | VmHWM MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | errors | CPU us/req | new API conns /1000 | workers | VmRSS MiB per worker"
+        " | VmHWM MiB per worker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in scenarios:
         runs = results[scenario.name]
@@ -276,7 +308,7 @@ def table(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -
             f" | {median('p50_ms'):.2f} | {median('p99_ms'):.2f} | {median('p999_ms'):.2f}"
             f" | {median('max_ms'):.1f} | {max(run['errors'] for run in runs)}"
             f" | {median('cpu_us_per_req'):.1f} | {median('new_api_conns_per_1000'):.2f}"
-            f" | {median('VmRSS'):.0f} | {median('VmHWM'):.0f} |"
+            f" | {runs[0]['workers']} | {median('VmRSS'):.0f} | {median('VmHWM'):.0f} |"
         )
     return "\n".join(lines)
 
@@ -289,6 +321,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
+    parser.add_argument(
+        "--workers", type=int, help="the connector's workers (default: its own, one per CPU)"
+    )
     args = parser.parse_args()
     scenarios = SCENARIO_SETS[args.scenarios]
     with tempfile.TemporaryDirectory(prefix="bench") as directory:
@@ -307,6 +342,7 @@ def main() -> int:
                         api_port=api_port,
                         warmup=args.warmup,
                         duration=args.duration,
+                        workers=args.workers,
                     )
                     results[scenario.name].append(result)
                     print(f"run {run + 1} {scenario.name}: {json.dumps(result)}", flush=True)

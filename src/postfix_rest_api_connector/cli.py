@@ -84,7 +84,9 @@ def _run_daemon(config: Config, worker: Worker | None, path: str) -> int:
 
 
 async def _serve_demo(base_port: int) -> None:
-    runner, api_url = await demo.start_api()
+    from . import demo_api  # noqa: PLC0415 - aiohttp only where the demo needs it
+
+    runner, api_url = await demo_api.start_api()
 
     def announce(daemon: Daemon) -> None:
         tcp, socketmap, policy = (endpoint.addresses[0][1] for endpoint in daemon.endpoints)

@@ -10,13 +10,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config, ConfigError, EndpointConfig, load_config
 from .endpoint import Endpoint, listen_key
-from .metrics import AdminServer
 from .supervisor import Worker
 from .systemd import notify
+
+if TYPE_CHECKING:
+    from .metrics import AdminServer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class Daemon:
         """Each worker has its own admin listener, on the configured port plus its index."""
         if config.metrics is None:
             return None
+        from .metrics import AdminServer  # noqa: PLC0415 - aiohttp: 12 MiB per worker, only if used
+
         port = config.metrics.bind_port + self._worker.index
         return AdminServer(
             config.metrics.model_copy(update={"bind_port": port}),
