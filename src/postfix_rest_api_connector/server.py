@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+GC_ALLOCATIONS = 50_000
+"""Allocations between young-generation collections (CPython's default is 700)."""
+
 
 class StartupError(Exception):
     """An endpoint could not start (usually: its port is taken); nothing is left running."""
@@ -105,6 +108,9 @@ class Daemon:
                 announce(self)
             gc.collect()
             gc.freeze()  # start-up objects live forever: keep them out of every later collection
+            # Requests free their objects by reference counting; a cycle collection every 700
+            # allocations only costs time (measured: 5 % of CPU per request at 0 ms, tcp).
+            gc.set_threshold(GC_ALLOCATIONS, 10, 10)
             notify(f"READY=1\nSTATUS={self._status()}")
             await self._stop.wait()
             self._stopping = True
