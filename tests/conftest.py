@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -268,3 +270,19 @@ async def run_to_end(*command: str) -> tuple[int, str, str]:
         pytest.fail(f"{command} did not exit within {DEADLINE} s")
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
+
+
+def write_config(tmp_path: Path, document: Any) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+async def tcp_get(port: int, key: str) -> bytes:
+    """One tcp_table request on a new loopback connection: the reply line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"get {key}\n".encode())
+        return await asyncio.wait_for(reader.readline(), DEADLINE)
+    finally:
+        writer.close()

@@ -7,7 +7,6 @@ Endpoints listen on port 0; the test learns each real port from the process's ow
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -33,6 +32,8 @@ from conftest import (
     Spawn,
     endpoint_config,
     run_to_end,
+    tcp_get,
+    write_config,
 )
 from postfix_rest_api_connector import __version__
 
@@ -45,23 +46,8 @@ LOG_LINE = re.compile(
 )
 
 
-def write_config(tmp_path: Path, document: Any) -> Path:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(document), encoding="utf-8")
-    return path
-
-
 def tcp_endpoint(target: str, **extra: Any) -> dict[str, Any]:
     return endpoint_config("tcp-lookup", target, **{"auth-token": TOKEN, **extra})
-
-
-async def tcp_get(port: int, key: str) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"get {key}\n".encode())
-        return await asyncio.wait_for(reader.readline(), DEADLINE)
-    finally:
-        writer.close()
 
 
 @contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
@@ -21,7 +20,15 @@ from typing import Any
 
 import pytest
 
-from conftest import DEADLINE, Connector, FakeApi, Spawn, endpoint_config
+from conftest import (
+    DEADLINE,
+    Connector,
+    FakeApi,
+    Spawn,
+    endpoint_config,
+    tcp_get,
+    write_config,
+)
 
 WORKERS_READY = re.compile(r"supervising (\d+) workers")
 
@@ -47,19 +54,10 @@ def reserved_ports(count: int = 1) -> Iterator[list[int]]:
     pytest.fail(f"found no {count} consecutive free loopback ports")
 
 
-def write_config(tmp_path: Path, document: Any) -> Path:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(document), encoding="utf-8")
-    return path
-
-
-async def tcp_get(port: int, key: str) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"get {key}\n".encode())
-        return await asyncio.wait_for(reader.readline(), DEADLINE)
-    finally:
-        writer.close()
+def two_workers(tmp_path: Path, api: FakeApi, port: int, **top: Any) -> Path:
+    """A config of two workers with one tcp-lookup endpoint on ``port``."""
+    endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+    return write_config(tmp_path, {"workers": 2, "endpoints": [endpoint], **top})
 
 
 def worker_pids(supervisor_pid: int) -> list[int]:
@@ -107,8 +105,7 @@ async def test_two_workers_share_the_port_and_both_answer(
 ) -> None:
     api.answer_json(["v"])
     with reserved_ports() as (port,):
-        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
-        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+        config = two_workers(tmp_path, api, port)
         connector = await start(spawn, config)
         await connector.expect(re.compile(r"listening on"))
         await connector.expect(re.compile(r"listening on"))
@@ -129,8 +126,7 @@ async def test_readiness_reload_and_stopping_speak_for_all_workers(
     notify_path, queue = notifications
     api.answer_json(["v"])
     with reserved_ports() as (port,):
-        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
-        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+        config = two_workers(tmp_path, api, port)
         connector = await start(spawn, config, notify_path)
         assert await next_notification(queue) == b"READY=1\nSTATUS=serving with 2 workers"
         client = await asyncio.open_connection("127.0.0.1", port)
@@ -159,8 +155,7 @@ async def test_a_worker_that_dies_is_restarted(
     notify_path, queue = notifications
     api.answer_json(["v"])
     with reserved_ports() as (port,):
-        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
-        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+        config = two_workers(tmp_path, api, port)
         connector = await start(spawn, config, notify_path)
         assert (await next_notification(queue)).startswith(b"READY=1")
         victim = worker_pids(connector.process.pid)[0]
@@ -182,8 +177,7 @@ async def test_a_worker_that_cannot_listen_stops_everything(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
-        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint]})
+        config = two_workers(tmp_path, api, port)
         connector = await spawn(str(config))
         assert await connector.finish() == 1
     assert f"cannot listen on 127.0.0.1:{port}" in connector.stderr
@@ -229,9 +223,7 @@ async def test_each_worker_has_its_metrics_listener(
     api: FakeApi, tmp_path: Path, spawn: Spawn
 ) -> None:
     with reserved_ports(3) as (port, metrics_first, metrics_second):
-        endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
-        metrics = {"bind-port": metrics_first}
-        config = write_config(tmp_path, {"workers": 2, "endpoints": [endpoint], "metrics": metrics})
+        config = two_workers(tmp_path, api, port, metrics={"bind-port": metrics_first})
         connector = await start(spawn, config)
         seen = set()
         for _ in range(2):
