@@ -42,9 +42,16 @@ ensure_venv() {
 
 # ensure_postfix: Debian's postfix with "No configuration", so no system instance starts.
 ensure_postfix() {
-    if command -v postmap >/dev/null 2>&1 && [ -x /usr/lib/postfix/sbin/master ]; then
-        return 0
+    if ! command -v postmap >/dev/null 2>&1 || [ ! -x /usr/lib/postfix/sbin/master ]; then
+        echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+        apt_install postfix
     fi
-    echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
-    apt_install postfix
+    # "No configuration" leaves no main.cf, and postmap refuses to run without one. This one
+    # only lets postmap run: it enables no network listener of the system's Postfix.
+    if [ ! -f /etc/postfix/main.cf ]; then
+        printf '%s\n' "# Written by postfix-rest-api-connector's scripts so that postmap runs." \
+            "# No network listener; configure Postfix for real with: dpkg-reconfigure postfix" \
+            "master_service_disable = inet" | as_root tee /etc/postfix/main.cf >/dev/null
+        echo "wrote a minimal /etc/postfix/main.cf (postmap needs one; it enables no listener)"
+    fi
 }
