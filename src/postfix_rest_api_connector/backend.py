@@ -11,6 +11,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import quote_from_bytes, quote_plus
 
@@ -18,7 +19,6 @@ from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError, RequestTimeoutError
 from pyreqwest.request import RequestBuilder
 
-from .config import EndpointConfig
 from .model import (
     NOT_FOUND,
     Answer,
@@ -38,6 +38,21 @@ _ACTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\s|$)|[45]\d\d\s+\S")
 JSON and HTML do not; a bare number would make Postfix permit the mail."""
 _POOL_IDLE_PER_HOST = 1024
 """Enough idle keep-alive connections that steady load opens no new ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    """What the REST side needs of an endpoint, in its own terms (seconds, bytes)."""
+
+    target: str
+    user_agent: str
+    token: str | None = field(repr=False)
+    expects_json: bool
+    """Lookups send ``Accept: application/json``; policy answers are plain text."""
+    timeout: float
+    list_separator: str
+    max_response_bytes: int
+    ca_pem: bytes | None = field(default=None, repr=False)
 
 
 class ResponseTooLarge(Exception):
@@ -138,31 +153,30 @@ def form_body(request: PolicyRequest) -> bytes:
 class RestBackend:
     """Asks one endpoint's REST target; every failure comes back as an outcome, never raised."""
 
-    def __init__(self, endpoint: EndpointConfig, user_agent: str) -> None:
-        self._query_prefix = _target_with_query(endpoint.target)
-        self._target = endpoint.target
-        self._separator = endpoint.list_separator
-        self._max_body = endpoint.max_response_bytes
-        self._client = self._build_client(endpoint, user_agent)
+    def __init__(self, settings: BackendSettings) -> None:
+        self._query_prefix = _target_with_query(settings.target)
+        self._target = settings.target
+        self._separator = settings.list_separator
+        self._max_body = settings.max_response_bytes
+        self._client = self._build_client(settings)
         self.stats = ApiStats()
 
     @staticmethod
-    def _build_client(endpoint: EndpointConfig, user_agent: str) -> Client:
-        headers = {"Accept": "application/json"} if endpoint.mode != "policy" else {}
-        token = endpoint.token()
-        if token is not None:
-            headers["X-Auth-Token"] = token
+    def _build_client(settings: BackendSettings) -> Client:
+        headers = {"Accept": "application/json"} if settings.expects_json else {}
+        if settings.token is not None:
+            headers["X-Auth-Token"] = settings.token
         builder = (
             ClientBuilder()
-            .user_agent(user_agent)
+            .user_agent(settings.user_agent)
             .default_headers(headers)
-            .timeout(timedelta(milliseconds=endpoint.request_timeout))
+            .timeout(timedelta(seconds=settings.timeout))
             .pool_max_idle_per_host(_POOL_IDLE_PER_HOST)
             .follow_redirects(False)
             .referer(False)
         )
-        if endpoint.tls_ca_file is not None:
-            builder = builder.add_root_certificate_pem(endpoint.tls_ca_file.read_bytes())
+        if settings.ca_pem is not None:
+            builder = builder.add_root_certificate_pem(settings.ca_pem)
         return builder.build()
 
     def lookup_url(self, request: LookupRequest) -> str:

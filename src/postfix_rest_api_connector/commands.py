@@ -7,7 +7,7 @@ import sys
 from .backend import RestBackend
 from .codecs import policy
 from .config import Config, EndpointConfig
-from .endpoint import service_settings
+from .endpoint import backend_settings, service_settings
 from .model import Found, LookupRequest, NotFound, Outcome, PolicyRequest
 from .replies import policy_reply, socketmap_reply, tcp_table_reply
 from .service import EndpointService
@@ -53,7 +53,7 @@ async def query(config: Config, endpoint_name: str, args: list[str], map_name: s
         names = ", ".join(e.name for e in config.endpoints)
         print(f"no endpoint named {endpoint_name!r} (endpoints: {names})", file=sys.stderr)
         return 2
-    backend = RestBackend(endpoint, config.user_agent)
+    backend = RestBackend(backend_settings(endpoint, config.user_agent, endpoint.token()))
     service = EndpointService(endpoint.name, backend, service_settings(endpoint))
     try:
         outcome, reply = await _ask(endpoint, service, args, map_name)

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from . import unix_socket
-from .backend import RestBackend
+from .backend import BackendSettings, RestBackend
 from .codecs import Decoder, policy
 from .codecs.policy import PolicyDecoder
 from .codecs.socketmap import SocketmapDecoder
@@ -90,6 +90,20 @@ def build_exchange(
     )
 
 
+def backend_settings(config: EndpointConfig, user_agent: str, token: str | None) -> BackendSettings:
+    """The config's milliseconds as seconds, the CA file's certificates read now."""
+    return BackendSettings(
+        target=config.target,
+        user_agent=user_agent,
+        token=token,
+        expects_json=config.mode != "policy",
+        timeout=config.request_timeout / 1000,
+        list_separator=config.list_separator,
+        max_response_bytes=config.max_response_bytes,
+        ca_pem=config.tls_ca_file.read_bytes() if config.tls_ca_file is not None else None,
+    )
+
+
 def service_settings(config: EndpointConfig) -> ServiceSettings:
     """The config's milliseconds as the service's seconds."""
     return ServiceSettings(
@@ -124,7 +138,7 @@ class Endpoint:
         self._shared_port = shared_port
         """Other workers listen on the same TCP port (``SO_REUSEPORT``)."""
         self._token = config.token()
-        self._backend = RestBackend(config, user_agent)
+        self._backend = RestBackend(backend_settings(config, user_agent, self._token))
         self.service = EndpointService(config.name, self._backend, service_settings(config))
         self.answered: Counter[type] = Counter()
         """Replies sent, by outcome type."""
