@@ -119,6 +119,11 @@ def service_settings(config: EndpointConfig) -> ServiceSettings:
     )
 
 
+_OWN_SOCKET_FILE: dict[str, Any] = {"cleanup_socket": False}
+"""We unlink the socket file ourselves, by inode (``unix_socket.remove_socket``). uvloop on
+Python >= 3.13 would also unlink it whenever a listener closes, including the old listener of a
+socket handed over on reload, leaving the new one without a name."""
+
 ListenKey = str | tuple[str, int | None]
 
 
@@ -182,14 +187,18 @@ class Endpoint:
         if inherited:
             for sock in inherited:
                 if path is not None:
-                    server = await loop.create_unix_server(connection, sock=sock, backlog=1024)
+                    server = await loop.create_unix_server(
+                        connection, sock=sock, backlog=1024, **_OWN_SOCKET_FILE
+                    )
                 else:
                     server = await loop.create_server(connection, sock=sock, backlog=1024)
                 self._servers.append(server)
         elif path is not None:
             unix_socket.clear_stale_socket(path)
             with unix_socket.private_umask():  # nobody may connect before the mode below is set
-                server = await loop.create_unix_server(connection, path, backlog=1024)
+                server = await loop.create_unix_server(
+                    connection, path, backlog=1024, **_OWN_SOCKET_FILE
+                )
             self._servers.append(server)
         else:
             self._servers.append(

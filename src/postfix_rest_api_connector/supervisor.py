@@ -211,7 +211,11 @@ class Supervisor:
 
     def _spawn(self, child: _Child, notify_path: str) -> None:
         child.started_at = time.monotonic()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as error:  # out of memory or processes: try again after RESPAWN_DELAY
+            log.error("cannot start worker %d: %s", child.index, error)  # noqa: TRY400
+            return
         if pid:
             child.pid = pid
             return
