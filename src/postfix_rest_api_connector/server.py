@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DAEMON_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 GC_ALLOCATIONS = 50_000
 """Allocations between young-generation collections (CPython's default is 700)."""
 
@@ -45,6 +46,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stopping = False
         self._reload_lock = asyncio.Lock()
+        self._started = False
+        self._reload_pending = False
         self._background: set[asyncio.Task[object]] = set()
 
     def _served(self, config: Config) -> list[EndpointConfig]:
@@ -102,8 +105,11 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        # a forked worker starts with these blocked, so that none is lost before this point
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, DAEMON_SIGNALS)
         try:
             await self.start()
+            self._started = True
             if announce is not None:
                 announce(self)
             gc.collect()
@@ -112,6 +118,8 @@ class Daemon:
             # allocations only costs time (measured: 5 % of CPU per request at 0 ms, tcp).
             gc.set_threshold(GC_ALLOCATIONS, 10, 10)
             notify(f"READY=1\nSTATUS={self._status()}")
+            if self._reload_pending:
+                self._in_background(self.reload())
             await self._stop.wait()
             self._stopping = True
             for endpoint in self.endpoints:
@@ -120,7 +128,7 @@ class Daemon:
             log.info("stopping: answering requests already received, then closing")
             await self.stop()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in DAEMON_SIGNALS:
                 loop.remove_signal_handler(signum)
         log.info("stopped")
 
@@ -134,6 +142,12 @@ class Daemon:
     def _on_sighup(self) -> None:
         if self._config_path is None:
             log.warning("received SIGHUP, but there is no config file to reload (demo)")
+            return
+        if not self._started:
+            log.info(
+                "received SIGHUP during start-up: reloading %s once started", self._config_path
+            )
+            self._reload_pending = True
             return
         log.info("received SIGHUP: reloading %s", self._config_path)
         self._in_background(self.reload())
@@ -161,7 +175,11 @@ class Daemon:
                 log.error("reload: config invalid, still running the previous one:\n  %s", problems)  # noqa: TRY400
                 applied = False
             else:
-                applied = await self._apply(new)
+                try:
+                    applied = await self._apply(new)
+                except Exception:
+                    log.exception("reload: unexpected error before any change; nothing changed")
+                    applied = False
             self.reloads["ok" if applied else "failed"] += 1
             notify(f"READY=1\nSTATUS={self._status()}")
             return applied
@@ -195,7 +213,7 @@ class Daemon:
                     raise _ReloadFailed(_cannot_listen(f"endpoints[{index}]", endpoint, error))  # noqa: B904
                 if predecessor is not None:
                     handed_over.add(predecessor)
-        except (_ReloadFailed, OSError) as error:
+        except Exception as error:  # noqa: BLE001 - whatever failed, roll back what started
             log.error("reload: %s; still running the previous config", error)  # noqa: TRY400
             for endpoint in started.values():
                 endpoint.stop_accepting(keep_socket_file=True)  # the old endpoint still serves it

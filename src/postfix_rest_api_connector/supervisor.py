@@ -33,13 +33,16 @@ RESPAWN_DELAY = 1.0
 """Seconds between restarts of a worker that keeps dying, so a crash loop costs little."""
 _CREDENTIALS = struct.calcsize("3i")
 _PR_SET_PDEATHSIG = 1
+_FORWARDED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
-def _stop_with_parent() -> None:
+def _stop_with_parent(supervisor: int) -> None:
     """Get SIGTERM (drain and exit) if the supervisor dies, even by SIGKILL: no orphans."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         log.warning("cannot ask to stop with the supervisor: errno %d", ctypes.get_errno())
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,18 +214,23 @@ class Supervisor:
 
     def _spawn(self, child: _Child, notify_path: str) -> None:
         child.started_at = time.monotonic()
+        # blocked across the fork: the worker unblocks them once its own handlers are in place
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        supervisor = os.getpid()
         try:
             pid = os.fork()
         except OSError as error:  # out of memory or processes: try again after RESPAWN_DELAY
             log.error("cannot start worker %d: %s", child.index, error)  # noqa: TRY400
-            return
+            pid = -1
         if pid:
-            child.pid = pid
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+            if pid > 0:
+                child.pid = pid
             return
         # the worker: default signal handling, its own notify target, then the normal daemon
         status = 1
         try:
-            _stop_with_parent()
+            _stop_with_parent(supervisor)
             os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which forwards it
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
