@@ -333,3 +333,29 @@ async def test_sighup_reloads_with_systemd_notifications(
         changed.close()
         connector.process.send_signal(signal.SIGTERM)
         assert await connector.finish() == 0
+
+
+async def test_rolled_back_reload_leaves_the_unix_socket_as_it_was(
+    api: FakeApi, second_api: str, tmp_path: Path
+) -> None:
+    api.answer_json(["first"])
+    socket_path = str(tmp_path / "lookup.sock")
+    path = tmp_path / "config.json"
+
+    def unix(target: str, mode: str) -> dict[str, Any]:
+        config = tcp("lookup", target, **{"bind-path": socket_path, "socket-mode": mode})
+        del config["bind-port"], config["bind-address"]
+        return config
+
+    write(path, unix(api.url, "0660"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        clash = tcp("clash", api.url, **{"bind-port": taken.getsockname()[1]})
+        async with daemon_from(path) as daemon:
+            write(path, unix(second_api, "0666"), clash)
+            assert not await daemon.reload()
+            assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o660
+            client = await Client.connect(socket_path)
+            assert await client.get("k") == b"200 first\n"
+            client.close()

@@ -151,6 +151,8 @@ class Endpoint:
         self.tracker = ConnectionTracker()
         self._servers: list[asyncio.Server] = []
         self._socket_inode: int | None = None
+        self.inherited = False
+        """Listening on sockets handed over by the endpoint this one replaced on a reload."""
 
     @property
     def api_stats(self) -> ApiStats:
@@ -211,9 +213,11 @@ class Endpoint:
                     backlog=1024,
                 )
             )
+        self.inherited = bool(inherited)
         if path is not None:
             self._socket_inode = os.lstat(path).st_ino
-            unix_socket.set_permissions(path, self.config.socket_mode, self.config.socket_owner)
+            if not inherited:  # an inherited socket is still its predecessor's until committed
+                self.apply_socket_permissions()
             where = f"unix:{path}"
         else:
             where = ", ".join(f"{host}:{port}" for host, port in self.addresses)
@@ -231,6 +235,12 @@ class Endpoint:
                 " API through it; bind to 127.0.0.1 or firewall the port",
                 self.config.name,
                 ", ".join(exposed),
+            )
+
+    def apply_socket_permissions(self) -> None:
+        if self.config.bind_path is not None:
+            unix_socket.set_permissions(
+                self.config.bind_path, self.config.socket_mode, self.config.socket_owner
             )
 
     @property

@@ -216,9 +216,20 @@ class Daemon:
         except Exception as error:  # noqa: BLE001 - whatever failed, roll back what started
             log.error("reload: %s; still running the previous config", error)  # noqa: TRY400
             for endpoint in started.values():
-                endpoint.stop_accepting(keep_socket_file=True)  # the old endpoint still serves it
+                # an inherited socket file is still the old endpoint's; a new path's is not
+                endpoint.stop_accepting(keep_socket_file=endpoint.inherited)
                 await endpoint.stop(0)
             return False
+        for endpoint in started.values():
+            if endpoint.inherited:
+                try:
+                    endpoint.apply_socket_permissions()
+                except OSError as error:
+                    log.error(  # noqa: TRY400
+                        "reload: %s: cannot set socket-mode/socket-owner, kept the old ones: %s",
+                        endpoint.config.name,
+                        error,
+                    )
         grace = new.shutdown_timeout / 1000
         for endpoint in retiring:
             endpoint.stop_accepting(keep_socket_file=endpoint in handed_over)
