@@ -63,6 +63,13 @@ def tcp(name: str, target: str, **extra: Any) -> dict[str, Any]:
     return {**endpoint_config("tcp-lookup", target, **extra), "name": name}
 
 
+def unix(socket_path: str, target: str, mode: str) -> dict[str, Any]:
+    """A tcp_table endpoint named ``lookup`` on a unix socket."""
+    config = tcp("lookup", target, **{"bind-path": socket_path, "socket-mode": mode})
+    del config["bind-port"], config["bind-address"]
+    return config
+
+
 def address_of(daemon: Daemon, name: str) -> tuple[str, int]:
     endpoint = next(e for e in daemon.endpoints if e.config.name == name)
     host, port = endpoint.addresses[0]
@@ -231,15 +238,10 @@ async def test_changed_unix_endpoint_keeps_its_socket_file(
     socket_path = str(tmp_path / "lookup.sock")
     path = tmp_path / "config.json"
 
-    def unix(target: str, mode: str) -> dict[str, Any]:
-        config = tcp("lookup", target, **{"bind-path": socket_path, "socket-mode": mode})
-        del config["bind-port"], config["bind-address"]
-        return config
-
-    write(path, unix(api.url, "0660"))
+    write(path, unix(socket_path, api.url, "0660"))
     async with daemon_from(path) as daemon:
         inode = os.stat(socket_path).st_ino
-        write(path, unix(second_api, "0666"))
+        write(path, unix(socket_path, second_api, "0666"))
         assert await daemon.reload()
         status = os.stat(socket_path)
         assert (status.st_ino, stat.S_IMODE(status.st_mode)) == (inode, 0o666)
@@ -342,18 +344,13 @@ async def test_rolled_back_reload_leaves_the_unix_socket_as_it_was(
     socket_path = str(tmp_path / "lookup.sock")
     path = tmp_path / "config.json"
 
-    def unix(target: str, mode: str) -> dict[str, Any]:
-        config = tcp("lookup", target, **{"bind-path": socket_path, "socket-mode": mode})
-        del config["bind-port"], config["bind-address"]
-        return config
-
-    write(path, unix(api.url, "0660"))
+    write(path, unix(socket_path, api.url, "0660"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         clash = tcp("clash", api.url, **{"bind-port": taken.getsockname()[1]})
         async with daemon_from(path) as daemon:
-            write(path, unix(second_api, "0666"), clash)
+            write(path, unix(socket_path, second_api, "0666"), clash)
             assert not await daemon.reload()
             assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o660
             client = await Client.connect(socket_path)
