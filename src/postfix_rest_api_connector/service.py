@@ -98,20 +98,17 @@ class EndpointService:
         stats = self.stats
         stats.cache_misses += 1
         stats.in_flight += 1
-        try:
-            return await self._coalesced(key, request)
-        finally:
-            stats.in_flight -= 1
-
-    async def _coalesced(self, key: CacheKey, request: LookupRequest) -> Outcome:
         shared = self._in_flight.get(key)
         if shared is not None:
-            self.stats.coalesced += 1
-            # shield: a waiter that is cancelled must not cancel the others' shared answer
-            return await asyncio.shield(shared)
-        # The first asker fetches inline (no extra task on the common path) and publishes the
-        # outcome to whoever asks meanwhile. Connections never cancel a request in flight, so
-        # the fetch runs to its end even if this asker's client has gone.
+            stats.coalesced += 1
+            try:
+                # shield: a waiter that is cancelled must not cancel the others' shared answer
+                return await asyncio.shield(shared)
+            finally:
+                stats.in_flight -= 1
+        # The first asker fetches inline (no extra task or coroutine on the common path) and
+        # publishes the outcome to whoever asks meanwhile. Connections never cancel a request in
+        # flight, so the fetch runs to its end even if this asker's client has gone.
         shared = asyncio.get_running_loop().create_future()
         self._in_flight[key] = shared
         outcome: Outcome = TemporaryError("interrupted")
@@ -119,6 +116,7 @@ class EndpointService:
             outcome = await self._guarded(self._fetch, request)
             return outcome
         finally:
+            stats.in_flight -= 1
             del self._in_flight[key]
             shared.set_result(outcome)
 
