@@ -1,4 +1,4 @@
-"""The REST side: one pyreqwest client per endpoint, and the mapping of HTTP answers to outcomes.
+"""The REST side: one HTTP client per endpoint, and the mapping of HTTP answers to outcomes.
 
 Lookups are ``GET target?key=K`` (socketmap adds ``name=MAP`` first); policy is a form ``POST``.
 Keys and attributes are percent-encoded from their raw bytes here and nowhere else, so a ``+`` or
@@ -10,18 +10,22 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from urllib.parse import quote_from_bytes, quote_plus
 
-from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.exceptions import PyreqwestError, RequestTimeoutError
-from pyreqwest.request import RequestBuilder
-
+from .httpclient import (
+    ClientSettings,
+    HttpError,
+    HttpResponse,
+    RequestTimeout,
+    ResponseTooLarge,
+    open_client,
+)
 from .model import (
     NOT_FOUND,
     Answer,
+    Failure,
     Found,
     LookupRequest,
     Outcome,
@@ -32,31 +36,17 @@ from .model import (
 )
 from .stats import ApiStats
 
-_FORM = "application/x-www-form-urlencoded"
 _ACTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\s|$)|[45]\d\d\s+\S")
 """access(5) actions start with a word (``REJECT``, ``DUNNO``) or a 4xx/5xx code with text.
 JSON and HTML do not; a bare number would make Postfix permit the mail."""
-_POOL_IDLE_PER_HOST = 1024
-"""Enough idle keep-alive connections that steady load opens no new ones."""
 
 
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
-    """What the REST side needs of an endpoint, in its own terms (seconds, bytes)."""
+    """What the REST side needs of an endpoint: its HTTP client's settings and how to join lists."""
 
-    target: str
-    user_agent: str
-    token: str | None = field(repr=False)
-    expects_json: bool
-    """Lookups send ``Accept: application/json``; policy answers are plain text."""
-    timeout: float
+    http: ClientSettings
     list_separator: str
-    max_response_bytes: int
-    ca_pem: bytes | None = field(default=None, repr=False)
-
-
-class ResponseTooLarge(Exception):
-    """The API's body exceeded the endpoint's ``max-response-bytes``."""
 
 
 def _json_content_type(content_type: str | None) -> bool:
@@ -138,11 +128,6 @@ def _status_failure(status: int) -> Outcome:
     return TemporaryError(f"API answered HTTP {status}")
 
 
-def _target_with_query(target: str) -> str:
-    """The target followed by the separator that starts the next query parameter."""
-    return target + ("&" if "?" in target else "?")
-
-
 def form_body(request: PolicyRequest) -> bytes:
     """Every attribute in order, names and values form-encoded from their raw bytes."""
     return "&".join(
@@ -154,92 +139,55 @@ class RestBackend:
     """Asks one endpoint's REST target; every failure comes back as an outcome, never raised."""
 
     def __init__(self, settings: BackendSettings) -> None:
-        self._query_prefix = _target_with_query(settings.target)
-        self._target = settings.target
         self._separator = settings.list_separator
-        self._max_body = settings.max_response_bytes
-        self._client = self._build_client(settings)
+        self._client = open_client(settings.http)
         self.stats = ApiStats()
 
     @staticmethod
-    def _build_client(settings: BackendSettings) -> Client:
-        headers = {"Accept": "application/json"} if settings.expects_json else {}
-        if settings.token is not None:
-            headers["X-Auth-Token"] = settings.token
-        builder = (
-            ClientBuilder()
-            .user_agent(settings.user_agent)
-            .default_headers(headers)
-            .timeout(timedelta(seconds=settings.timeout))
-            .pool_max_idle_per_host(_POOL_IDLE_PER_HOST)
-            .follow_redirects(False)
-            .referer(False)
-        )
-        if settings.ca_pem is not None:
-            builder = builder.add_root_certificate_pem(settings.ca_pem)
-        return builder.build()
-
-    def lookup_url(self, request: LookupRequest) -> str:
+    def lookup_query(request: LookupRequest) -> str:
         key = quote_from_bytes(request.key, safe="")
         if request.map_name is None:
-            return f"{self._query_prefix}key={key}"
-        name = quote_from_bytes(request.map_name, safe="")
-        return f"{self._query_prefix}name={name}&key={key}"
+            return f"key={key}"
+        return f"name={quote_from_bytes(request.map_name, safe='')}&key={key}"
 
     async def lookup(self, request: LookupRequest, request_id: str, budget: float | None) -> Answer:
-        try:
-            builder = self._client.get(self.lookup_url(request))
-            status, body, headers = await self._send(builder, request_id, budget)
-        except _FAILURES as error:
-            return Answer(self._failure(error))
-        outcome = lookup_outcome(status, body, headers.get("content-type"), self._separator)
-        return Answer(outcome, cache_max_age(headers.get("cache-control")))
+        """``budget`` is the time left for a retry; ``None`` (a first attempt) leaves the
+        endpoint's own ``request-timeout``."""
+        response = await self._exchange(
+            self._client.get(self.lookup_query(request), request_id, budget)
+        )
+        if not isinstance(response, HttpResponse):
+            return Answer(response)
+        outcome = lookup_outcome(
+            response.status, response.body, response.content_type, self._separator
+        )
+        return Answer(outcome, cache_max_age(response.cache_control))
 
     async def check_policy(
         self, request: PolicyRequest, request_id: str, budget: float | None
-    ) -> Outcome:
-        try:
-            builder = (
-                self._client.post(self._target)
-                .header("Content-Type", _FORM)
-                .body_bytes(form_body(request))
-            )
-            status, body, _ = await self._send(builder, request_id, budget)
-        except _FAILURES as error:
-            return self._failure(error)
-        return policy_outcome(status, body)
+    ) -> Answer:
+        """A policy answer is never cached: its ``max_age`` stays ``None``."""
+        sent = self._client.post_form(form_body(request), request_id, budget)
+        response = await self._exchange(sent)
+        if not isinstance(response, HttpResponse):
+            return Answer(response)
+        return Answer(policy_outcome(response.status, response.body))
 
-    async def _send(
-        self, builder: RequestBuilder, request_id: str, budget: float | None
-    ) -> tuple[int, bytes, Mapping[str, str]]:
-        """Status, body (read only for a 200, and only up to the limit) and headers.
-
-        ``budget`` is the time left for a retry, enforced by the HTTP client itself; ``None``
-        (a first attempt) leaves the client's own ``request-timeout``.
-        """
-        builder = builder.header("X-Request-Id", request_id)
-        if budget is not None:
-            builder = builder.timeout(timedelta(seconds=budget))
+    async def _exchange(self, sent: Awaitable[HttpResponse]) -> HttpResponse | Failure:
+        """The response, or the failure as an outcome; timed and counted either way."""
         started = time.perf_counter()
         try:
-            async with builder.build_streamed() as response:
-                status = response.status
-                self.stats.responses[status] += 1
-                if status == 200:
-                    body = bytearray()
-                    reader = response.body_reader
-                    while (chunk := await reader.read(65536)) is not None:
-                        body += chunk
-                        if len(body) > self._max_body:
-                            raise ResponseTooLarge
-                    return status, bytes(body), response.headers
-                return status, b"", response.headers
+            response = await sent
+        except HttpError as error:
+            return self._failure(error)
         finally:
             self.stats.latency.observe(time.perf_counter() - started)
+        self.stats.responses[response.status] += 1
+        return response
 
-    def _failure(self, error: Exception) -> Outcome:
+    def _failure(self, error: HttpError) -> Failure:
         """Counted by kind; reasons name the kind only: no URL, no header, nothing secret."""
-        if isinstance(error, RequestTimeoutError):
+        if isinstance(error, RequestTimeout):
             self.stats.errors["timeout"] += 1
             return Timeout("API did not answer in time")
         if isinstance(error, ResponseTooLarge):
@@ -250,6 +198,3 @@ class RestBackend:
 
     async def close(self) -> None:
         await self._client.close()
-
-
-_FAILURES = (PyreqwestError, ResponseTooLarge)

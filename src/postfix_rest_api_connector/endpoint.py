@@ -20,6 +20,7 @@ from .codecs.socketmap import SocketmapDecoder
 from .codecs.tcp_table import TcpTableDecoder
 from .config import EndpointConfig
 from .connection import Connection, ConnectionTracker, Exchange, Limits, Request
+from .httpclient import ClientSettings
 from .model import LookupRequest, Malformed, Outcome, PermanentError, PolicyRequest
 from .replies import policy_reply, socketmap_reply, tcp_table_reply
 from .resilience import RetryPolicy
@@ -92,16 +93,16 @@ def build_exchange(
 
 def backend_settings(config: EndpointConfig, user_agent: str, token: str | None) -> BackendSettings:
     """The config's milliseconds as seconds, the CA file's certificates read now."""
-    return BackendSettings(
+    http = ClientSettings(
         target=config.target,
         user_agent=user_agent,
         token=token,
-        expects_json=config.mode != "policy",
+        accept_json=config.mode != "policy",
         timeout=config.request_timeout / 1000,
-        list_separator=config.list_separator,
-        max_response_bytes=config.max_response_bytes,
+        max_body_bytes=config.max_response_bytes,
         ca_pem=config.tls_ca_file.read_bytes() if config.tls_ca_file is not None else None,
     )
+    return BackendSettings(http, config.list_separator)
 
 
 def service_settings(config: EndpointConfig) -> ServiceSettings:

@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from functools import partial
+from typing import Protocol
 
 from .cache import CacheKey, LookupCache
 from .context import new_request_id, request_id
@@ -31,8 +32,9 @@ from .stats import ServiceStats
 
 log = logging.getLogger(__name__)
 
-_R = TypeVar("_R", LookupRequest, PolicyRequest)
-
+INTERNAL_ERROR = TemporaryError("internal error")
+"""Whatever goes wrong in our own code, Postfix gets a temporary error, never a miss."""
+_UNEXPECTED = "%s: unexpected error, answering a temporary error"
 MIN_ATTEMPT = 0.05
 """Seconds an API attempt needs at least; a retry that would get less is not made."""
 
@@ -44,7 +46,7 @@ class Backend(Protocol):
 
     async def check_policy(
         self, request: PolicyRequest, request_id: str, budget: float | None
-    ) -> Outcome: ...
+    ) -> Answer: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,34 +115,36 @@ class EndpointService:
         self._in_flight[key] = shared
         outcome: Outcome = TemporaryError("interrupted")
         try:
-            outcome = await self._guarded(self._fetch, request)
-            return outcome
+            outcome = await self._fetch(request, key)
+        except Exception:
+            log.exception(_UNEXPECTED, self._name)
+            outcome = INTERNAL_ERROR
         finally:
             stats.in_flight -= 1
             del self._in_flight[key]
             shared.set_result(outcome)
+        self._log_outcome(request, outcome)
+        return outcome
 
     async def check_policy(self, request: PolicyRequest) -> Outcome:
         request_id.set(new_request_id())
         self.stats.in_flight += 1
         try:
-            return await self._guarded(self._ask_policy, request)
+            outcome = (await self._attempts(partial(self._backend.check_policy, request))).outcome
+        except Exception:
+            log.exception(_UNEXPECTED, self._name)
+            outcome = INTERNAL_ERROR
         finally:
             self.stats.in_flight -= 1
-
-    async def _guarded(self, call: Callable[[_R], Awaitable[Outcome]], request: _R) -> Outcome:
-        try:
-            outcome = await call(request)
-        except Exception:
-            log.exception("%s: unexpected error, answering a temporary error", self._name)
-            return TemporaryError("internal error")
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: %r -> %r", self._name, request, outcome)
+        self._log_outcome(request, outcome)
         return outcome
 
-    async def _fetch(self, request: LookupRequest) -> Outcome:
-        key: CacheKey = (request.map_name, request.key)
-        answer = await self._through_breaker(lambda rid, left: self._ask_lookup(request, rid, left))
+    def _log_outcome(self, request: LookupRequest | PolicyRequest, outcome: Outcome) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %r -> %r", self._name, request, outcome)
+
+    async def _fetch(self, request: LookupRequest, key: CacheKey) -> Outcome:
+        answer = await self._attempts(partial(self._backend.lookup, request))
         outcome, max_age = answer.outcome, answer.max_age
         if isinstance(outcome, Found | NotFound):
             if self._settings.respect_cache_control and max_age == 0:
@@ -155,49 +159,33 @@ class EndpointService:
                 return stale
         return outcome
 
-    async def _ask_lookup(self, request: LookupRequest, rid: str, budget: float | None) -> Answer:
-        self.stats.api_calls += 1
-        return await self._backend.lookup(request, rid, budget)
-
-    async def _ask_policy(self, request: PolicyRequest) -> Outcome:
-        async def ask(rid: str, budget: float | None) -> Answer:
-            self.stats.api_calls += 1
-            return Answer(await self._backend.check_policy(request, rid, budget))
-
-        return (await self._through_breaker(ask)).outcome
-
-    async def _through_breaker(
-        self, ask: Callable[[str, float | None], Awaitable[Answer]]
-    ) -> Answer:
-        """Fail at once while the breaker is open; every attempt's end is recorded, even an
-        exception or a cancellation, so a half-open breaker can never get stuck."""
+    async def _attempts(self, ask: Callable[[str, float | None], Awaitable[Answer]]) -> Answer:
+        """Through the circuit breaker, with up to ``retries`` more attempts on transient
+        failures, all within the timeout. Every end is recorded in the breaker, even an exception
+        or a cancellation, so a half-open breaker can never get stuck."""
         if not self._breaker.allow(time.monotonic()):
             self.stats.breaker_rejections += 1
             return Answer(TemporaryError("API circuit breaker open"))
         outcome: Outcome = TemporaryError("interrupted")
         try:
-            answer = await self._with_retries(ask)
-            outcome = answer.outcome
-            return answer
+            rid = request_id.get()
+            attempt = 0
+            budget = None  # the first attempt has the whole timeout, the client's default
+            deadline = time.monotonic() + self._settings.timeout
+            while True:
+                self.stats.api_calls += 1
+                answer = await ask(rid, budget)
+                outcome = answer.outcome
+                if not is_transient(outcome) or attempt >= self._settings.retry.retries:
+                    return answer
+                delay = self._settings.retry.delay(attempt)
+                if time.monotonic() + delay + MIN_ATTEMPT > deadline:
+                    return answer
+                await asyncio.sleep(delay)
+                attempt += 1
+                budget = max(deadline - time.monotonic(), MIN_ATTEMPT)
         finally:
             self._breaker.record(outcome, time.monotonic())
-
-    async def _with_retries(self, ask: Callable[[str, float | None], Awaitable[Answer]]) -> Answer:
-        """Up to ``retries`` more attempts on transient failures, all within the timeout."""
-        deadline = time.monotonic() + self._settings.timeout
-        rid = request_id.get()
-        attempt = 0
-        budget = None  # the first attempt has the whole timeout, the client's default
-        while True:
-            answer = await ask(rid, budget)
-            if not is_transient(answer.outcome) or attempt >= self._settings.retry.retries:
-                return answer
-            delay = self._settings.retry.delay(attempt)
-            if time.monotonic() + delay + MIN_ATTEMPT > deadline:
-                return answer
-            await asyncio.sleep(delay)
-            attempt += 1
-            budget = max(deadline - time.monotonic(), MIN_ATTEMPT)
 
     def _ttl(self, outcome: Found | NotFound, max_age: float | None) -> float:
         ttl = (

@@ -1,0 +1,305 @@
+"""HTTP/1.1 for the one thing we need of it: a response to a request we sent, bytes in.
+
+Pure (no asyncio, no logging), incremental and bounded: a head over ``MAX_HEAD_BYTES``, a chunk
+size line over ``MAX_LINE_BYTES`` or a kept body over the caller's limit is an error, never a
+growing buffer. Framing follows RFC 9112 section 6.3, strictly: anything ambiguous (two different
+lengths, a transfer coding other than ``chunked``, folded or malformed header lines) is refused
+rather than guessed, because a guess on a kept-alive connection would shift every later answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_HEAD_BYTES = 65536
+"""Status line and headers together; a REST answer's head is a few hundred bytes."""
+MAX_HEADERS = 100
+MAX_LINE_BYTES = 4096
+"""A chunk size line or one trailer line."""
+_MAX_LENGTH_DIGITS = 18
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+class HttpProtocolError(Exception):
+    """The API's bytes are not an HTTP/1.1 response we can frame."""
+
+
+class BodyTooLarge(Exception):
+    """A body we keep (status 200) exceeded the caller's limit."""
+
+
+class ResponseIncomplete(HttpProtocolError):
+    """The connection ended before the response did."""
+
+    def __init__(self, started: bool) -> None:
+        super().__init__("the connection closed before the response was complete")
+        self.started = started
+        """Whether any byte of the response had arrived: if not, a reused connection may simply
+        have been closed by the server while idle, and the request is safe to send again."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What the REST contract reads of an answer. ``body`` is kept only for status 200."""
+
+    status: int
+    body: bytes
+    content_type: str | None
+    cache_control: str | None
+
+
+def encode_request(method: bytes, target: bytes, headers: bytes, body: bytes | None) -> bytes:
+    """``headers``: whole header lines, each ending in CRLF, without ``Content-Length``."""
+    if body is None:
+        return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, headers)
+    return b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        method,
+        target,
+        headers,
+        len(body),
+        body,
+    )
+
+
+_HEAD_PATTERN = re.compile(
+    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\r\n\x00]*)?\r\n"
+    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*\r\n)*"
+)
+"""A status line and header lines (RFC 9112 section 4, 5): no folding, no space before a colon."""
+_FIELD_PATTERN = re.compile(
+    rb"\n(content-length|transfer-encoding|connection|content-type|cache-control):"
+    rb"[ \t]*([^\r\n]*?)[ \t]*\r"
+)
+"""In a lower-cased head: the fields that frame the body or that the REST contract reads."""
+
+
+@dataclass(slots=True)
+class _Fields:
+    lengths: set[bytes]
+    codings: list[bytes]
+    connection: list[bytes]
+    content_type: str | None
+    cache_control: str | None
+
+
+def _fields(head: bytes) -> _Fields:
+    """Field names and these values are case-insensitive, so the head is read lower-cased."""
+    fields = _Fields(set(), [], [], None, None)
+    cache_control: list[bytes] = []
+    for name, value in _FIELD_PATTERN.findall(head.lower()):
+        if name == b"content-length":
+            fields.lengths.update(_split_list(value))
+        elif name == b"transfer-encoding":
+            fields.codings += _split_list(value)
+        elif name == b"connection":
+            fields.connection += _split_list(value)
+        elif name == b"content-type":
+            if fields.content_type is None:
+                fields.content_type = value.decode("latin-1")
+        else:
+            cache_control.append(value)
+    if cache_control:
+        fields.cache_control = b", ".join(cache_control).decode("latin-1")
+    return fields
+
+
+def _split_list(value: bytes) -> list[bytes]:
+    return [part.strip(b" \t") for part in value.split(b",")]
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].strip(b" \t")
+    if not size or len(size) > 16 or not _HEX_DIGITS.issuperset(size):
+        raise HttpProtocolError("invalid chunk size")
+    return int(size, 16)
+
+
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_EOF, _DONE = range(8)
+_BODY_STATES = (_LENGTH, _CHUNK_DATA, _UNTIL_EOF)
+
+
+class ResponseParser:
+    """Fed the bytes of one connection after one request; returns the response once complete.
+
+    Bodies of statuses other than 200 are read and dropped, so the connection can carry the next
+    request; one longer than the limit ends the response early and the connection is not reused.
+    """
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_buffer",
+        "_cache_control",
+        "_content_type",
+        "_keep_alive",
+        "_keep_body",
+        "_max_body",
+        "_received",
+        "_remaining",
+        "_state",
+        "_status",
+        "_trailer_bytes",
+        "reusable",
+    )
+
+    def __init__(self, max_body: int) -> None:
+        self._max_body = max_body
+        self._buffer = b""
+        """Bytes received but not yet consumed: an incomplete line or head."""
+        self._state = _HEAD
+        self._received = 0
+        self._status = 0
+        self._content_type: str | None = None
+        self._cache_control: str | None = None
+        self._keep_alive = False
+        self._keep_body = False
+        self._remaining = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._trailer_bytes = 0
+        self.reusable = False
+        """After completion: the connection may carry another request."""
+
+    @property
+    def started(self) -> bool:
+        return self._received > 0
+
+    def feed(self, data: bytes) -> HttpResponse | None:
+        """The response once its last byte has arrived; raises on bytes that cannot be framed."""
+        if self._state == _DONE:
+            self.reusable = False  # bytes after a complete response: the stream is out of step
+            return None
+        self._received += len(data)
+        buffer = self._buffer + data if self._buffer else data
+        position = 0
+        while self._state != _DONE:
+            state = self._state
+            if state == _HEAD:
+                advanced = self._read_head(buffer, position)
+            elif state in _BODY_STATES:
+                advanced = self._read_body(buffer, position)
+            else:
+                advanced = self._read_chunk_framing(buffer, position)
+            if advanced == position and self._state == state:
+                self._buffer = buffer[position:]
+                return None
+            position = advanced
+        if position < len(buffer):
+            self.reusable = False  # anything after the response was not asked for
+        return self._response()
+
+    def feed_eof(self) -> HttpResponse:
+        """The peer closed: complete only for a body delimited by the close itself."""
+        if self._state == _UNTIL_EOF:
+            self._complete(reusable=False)
+            return self._response()
+        raise ResponseIncomplete(self.started)
+
+    def _read_head(self, buffer: bytes, position: int) -> int:
+        end = buffer.find(b"\r\n\r\n", position, position + MAX_HEAD_BYTES)
+        if end < 0:
+            if len(buffer) - position >= MAX_HEAD_BYTES:
+                raise HttpProtocolError("response head too large")
+            return position
+        head = buffer[position : end + 2]
+        match = _HEAD_PATTERN.fullmatch(head)
+        if match is None:
+            raise HttpProtocolError("invalid status line or header line")
+        if head.count(b"\n") > MAX_HEADERS + 1:
+            raise HttpProtocolError("too many headers")
+        status = int(match[2])
+        if status < 200:
+            if status == 101:
+                raise HttpProtocolError("unexpected protocol switch")
+            return end + 4  # an interim answer: the real one follows
+        fields = _fields(head)
+        self._status = status
+        self._content_type = fields.content_type
+        self._cache_control = fields.cache_control
+        self._keep_alive = b"close" not in fields.connection and (
+            match[1] == b"1" or b"keep-alive" in fields.connection
+        )
+        self._keep_body = status == 200
+        self._frame_body(status, fields.lengths, fields.codings)
+        return end + 4
+
+    def _frame_body(self, status: int, lengths: set[bytes], codings: list[bytes]) -> None:
+        """RFC 9112 section 6.3, for a response to a GET or POST."""
+        if status in (204, 304):
+            self._state, self._remaining = _LENGTH, 0
+        elif codings:
+            if codings != [b"chunked"]:
+                raise HttpProtocolError("unsupported transfer coding")
+            if lengths:
+                self._keep_alive = False  # a length beside chunked is a smuggling sign
+            self._state = _CHUNK_SIZE
+        elif lengths:
+            if len(lengths) != 1:
+                raise HttpProtocolError("conflicting Content-Length values")
+            (length,) = lengths
+            if not length.isdigit() or len(length) > _MAX_LENGTH_DIGITS:
+                raise HttpProtocolError("invalid Content-Length")
+            self._state, self._remaining = _LENGTH, int(length)
+            if self._remaining > self._max_body:
+                if self._keep_body:
+                    raise BodyTooLarge
+                # not worth reading: answer from the head and close the connection
+                self._remaining, self._keep_alive = 0, False
+        else:
+            self._state, self._keep_alive = _UNTIL_EOF, False
+
+    def _read_body(self, buffer: bytes, position: int) -> int:
+        state, available = self._state, len(buffer) - position
+        count = available if state == _UNTIL_EOF else min(self._remaining, available)
+        if count:
+            self._remaining -= count
+            self._body_size += count
+            if self._keep_body:
+                if self._body_size > self._max_body:
+                    raise BodyTooLarge
+                self._body.append(buffer[position : position + count])
+            elif self._body_size > self._max_body:
+                self._complete(reusable=False)  # a dropped body over the limit: stop reading it
+                return position + count
+            position += count
+        if state == _UNTIL_EOF or self._remaining:
+            return position
+        if state == _LENGTH:
+            self._complete(self._keep_alive)
+        else:
+            self._state = _CHUNK_END
+        return position
+
+    def _read_chunk_framing(self, buffer: bytes, position: int) -> int:
+        if self._state == _CHUNK_END:
+            if len(buffer) - position < 2:
+                return position
+            if buffer[position : position + 2] != b"\r\n":
+                raise HttpProtocolError("chunk not followed by CRLF")
+            self._state = _CHUNK_SIZE
+            return position + 2
+        end = buffer.find(b"\r\n", position, position + MAX_LINE_BYTES + 2)
+        if end < 0:
+            if len(buffer) - position > MAX_LINE_BYTES:
+                raise HttpProtocolError("chunk size or trailer line too long")
+            return position
+        line = buffer[position:end]
+        if self._state == _CHUNK_SIZE:
+            self._remaining = _chunk_size(line)
+            self._state = _CHUNK_DATA if self._remaining else _TRAILERS
+        elif not line:
+            self._complete(self._keep_alive)
+        else:
+            self._trailer_bytes += len(line)
+            if self._trailer_bytes > MAX_HEAD_BYTES:
+                raise HttpProtocolError("trailers too large")
+        return end + 2
+
+    def _complete(self, reusable: bool) -> None:
+        self._state = _DONE
+        self.reusable = reusable
+
+    def _response(self) -> HttpResponse:
+        body = b"".join(self._body) if self._keep_body else b""
+        return HttpResponse(self._status, body, self._content_type, self._cache_control)

@@ -1,0 +1,325 @@
+"""An HTTP/1.1 keep-alive client on the event loop itself, for plain ``http://`` targets.
+
+Why not pyreqwest here: it runs each request on its own runtime thread, and for the small,
+one-at-a-time requests Postfix causes, handing a request over and waking the loop for the answer
+cost more CPU than the request itself (``docs/performance.md``). Here a request is one ``send``
+and, as a rule, one read on the loop's thread. TLS, proxies and user info in the URL stay with
+pyreqwest (``httpclient.open_client`` chooses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from .base import (
+    ClientSettings,
+    ConnectError,
+    ConnectionClosed,
+    HttpError,
+    InvalidResponse,
+    RequestTimeout,
+    ResponseTooLarge,
+)
+from .codec import (
+    BodyTooLarge,
+    HttpProtocolError,
+    HttpResponse,
+    ResponseIncomplete,
+    ResponseParser,
+    encode_request,
+)
+
+IDLE_TIMEOUT = 90.0
+"""Seconds an idle connection is kept, as reqwest does; servers usually close theirs sooner."""
+MAX_IDLE = 1024
+"""Enough idle connections that steady load opens no new ones."""
+_FORM_HEADER = b"Content-Type: application/x-www-form-urlencoded\r\n"
+TICK = 0.05
+"""Seconds between deadline checks: a timeout fires at most this late."""
+
+
+class _StaleConnection(HttpError):
+    """A reused connection ended before any byte of the answer: the server closed it while idle,
+    so the request never reached it and is sent again on another connection."""
+
+
+class _Deadlines:
+    """Request deadlines in slots of ``TICK`` seconds, checked by one timer while any is pending.
+
+    Why: a timer per request (``call_at`` and ``cancel``) costs more on uvloop than the rest of
+    the request's bookkeeping, and a request timeout needs no millisecond precision.
+    """
+
+    __slots__ = ("_slots", "_timer")
+
+    def __init__(self) -> None:
+        self._slots: dict[int, set[_Connection]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: _Connection, deadline: float) -> int:
+        slot = int(deadline / TICK) + 1
+        pending = self._slots.get(slot)
+        if pending is None:
+            pending = self._slots[slot] = set()
+        pending.add(connection)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(TICK, self._expire)
+        return slot
+
+    def remove(self, connection: _Connection, slot: int) -> None:
+        pending = self._slots.get(slot)
+        if pending is not None:
+            pending.discard(connection)
+            if not pending:
+                del self._slots[slot]
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for slot in [slot for slot in self._slots if slot * TICK <= now]:
+            for connection in self._slots.pop(slot):
+                connection.time_out()
+        self._timer = loop.call_later(TICK, self._expire) if self._slots else None
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._slots.clear()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection carrying one request at a time."""
+
+    __slots__ = (
+        "_client",
+        "_deadlines",
+        "_parser",
+        "_slot",
+        "_transport",
+        "_waiter",
+        "closed",
+        "idle_since",
+    )
+
+    def __init__(self, client: NativeClient, deadlines: _Deadlines) -> None:
+        self._client = client
+        self._deadlines = deadlines
+        self._transport: asyncio.Transport | None = None
+        self._parser: ResponseParser | None = None
+        self._waiter: asyncio.Future[HttpResponse] | None = None
+        self._slot = 0
+        """The deadline slot of the request in flight; 0 when none is."""
+        self.idle_since: float | None = None
+        """Loop time of the last answer; ``None`` until the first, so a fresh connection is never
+        taken for a stale one."""
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def send(
+        self, loop: asyncio.AbstractEventLoop, payload: bytes, deadline: float, max_body: int
+    ) -> asyncio.Future[HttpResponse]:
+        assert self._transport is not None
+        waiter = self._waiter = loop.create_future()
+        self._parser = ResponseParser(max_body)
+        self._slot = self._deadlines.add(self, deadline)
+        self._transport.write(payload)
+        return waiter
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            self.close()  # bytes nobody asked for: the connection is out of step
+            return
+        try:
+            response = parser.feed(data)
+        except BodyTooLarge:
+            self._fail(ResponseTooLarge("API answer exceeds max-response-bytes"))
+        except HttpProtocolError as error:
+            self._fail(InvalidResponse(str(error)))
+        else:
+            if response is not None:
+                self._finish(response, parser.reusable)
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        parser = self._parser
+        if parser is not None:
+            try:
+                response = parser.feed_eof()
+            except ResponseIncomplete as error:
+                self._fail(self._closed_early(error.started))
+            else:
+                self._finish(response, reusable=False)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._client.forget(self)
+        if self._parser is not None:
+            self._fail(self._closed_early(self._parser.started))
+
+    def _closed_early(self, started: bool) -> HttpError:
+        if not started and self.idle_since is not None:
+            return _StaleConnection()
+        return ConnectionClosed("API closed the connection before answering")
+
+    def time_out(self) -> None:
+        self._slot = 0  # already taken off the deadlines
+        self._fail(RequestTimeout("API did not answer in time"))
+
+    def _end_request(self) -> asyncio.Future[HttpResponse] | None:
+        waiter, self._waiter, self._parser = self._waiter, None, None
+        if self._slot:
+            self._deadlines.remove(self, self._slot)
+            self._slot = 0
+        return waiter
+
+    def _finish(self, response: HttpResponse, reusable: bool) -> None:
+        waiter = self._end_request()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+        if reusable:
+            self._client.release(self)
+        else:
+            self.close()
+
+    def _fail(self, error: HttpError) -> None:
+        waiter = self._end_request()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        self.close()
+
+    def close(self) -> None:
+        """Drops the connection at once: whatever it was carrying is abandoned."""
+        self._end_request()
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+
+_Exchange = Coroutine[Any, Any, HttpResponse]
+
+
+class NativeClient:
+    """Keep-alive connections to one ``http://`` target, reused last-in first-out."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        parts = urlsplit(settings.target)
+        if parts.scheme != "http" or parts.hostname is None or parts.username is not None:
+            raise ValueError("the native client serves plain http:// targets without user info")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        path = (parts.path or "/").encode("ascii")
+        self._post_target = path + (b"?" + parts.query.encode("ascii") if parts.query else b"")
+        self._get_prefix = self._post_target + (b"&" if parts.query else b"?")
+        headers = [
+            ("Host", parts.netloc),
+            ("User-Agent", settings.user_agent),
+            *([("Accept", "application/json")] if settings.accept_json else []),
+            *([("X-Auth-Token", settings.token)] if settings.token is not None else []),
+        ]
+        self._headers = b"".join(_header_line(name, value) for name, value in headers)
+        self._timeout = settings.timeout
+        self._max_body = settings.max_body_bytes
+        self._idle: list[_Connection] = []
+        self._connections: set[_Connection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._deadlines = _Deadlines()
+
+    def get(self, query: str, request_id: str, budget: float | None) -> _Exchange:
+        target = self._get_prefix + query.encode("ascii")
+        payload = encode_request(b"GET", target, self._request_headers(request_id), None)
+        return self._exchange(payload, budget)
+
+    def post_form(self, body: bytes, request_id: str, budget: float | None) -> _Exchange:
+        headers = self._request_headers(request_id) + _FORM_HEADER
+        payload = encode_request(b"POST", self._post_target, headers, body)
+        return self._exchange(payload, budget)
+
+    def _request_headers(self, request_id: str) -> bytes:
+        return b"%sX-Request-Id: %s\r\n" % (self._headers, request_id.encode("ascii"))
+
+    async def _exchange(self, payload: bytes, budget: float | None) -> HttpResponse:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._timeout if budget is None else budget)
+        while True:
+            connection = self._take_idle(loop.time()) or await self._connect(deadline)
+            waiter = connection.send(loop, payload, deadline, self._max_body)
+            try:
+                return await waiter
+            except _StaleConnection:
+                continue
+            except asyncio.CancelledError:
+                connection.close()
+                raise
+
+    def _take_idle(self, now: float) -> _Connection | None:
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and now - cast(float, connection.idle_since) < IDLE_TIMEOUT:
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self, deadline: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self, self._deadlines), self._host, self._port
+                )
+        except TimeoutError:
+            raise RequestTimeout("API did not answer in time") from None
+        except OSError as error:
+            raise ConnectError(error.strerror or "API could not be reached") from None
+        self._connections.add(connection)
+        return connection
+
+    def release(self, connection: _Connection) -> None:
+        """A connection whose answer is complete goes back to the idle list, newest last."""
+        if len(self._idle) >= MAX_IDLE:
+            connection.close()
+            return
+        loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
+        self._idle.append(connection)
+        if self._sweep is None:
+            self._sweep = loop.call_later(IDLE_TIMEOUT, self._drop_expired)
+
+    def forget(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+
+    def _drop_expired(self) -> None:
+        """Closes idle connections unused for ``IDLE_TIMEOUT``: the oldest are first in the list."""
+        loop = asyncio.get_running_loop()
+        idle, now, expired = self._idle, loop.time(), 0
+        while expired < len(idle) and (
+            idle[expired].closed or now - cast(float, idle[expired].idle_since) >= IDLE_TIMEOUT
+        ):
+            idle[expired].close()
+            expired += 1
+        del idle[:expired]
+        self._sweep = loop.call_later(IDLE_TIMEOUT, self._drop_expired) if idle else None
+
+    async def close(self) -> None:
+        self._deadlines.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._idle.clear()
+        for connection in list(self._connections):
+            connection.close()
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """Refuses what would split or end the header block: the token comes from a file."""
+    if any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in value):
+        raise ValueError(f"the {name} header value contains a control character")
+    return f"{name}: {value}\r\n".encode("latin-1")

@@ -1,0 +1,100 @@
+"""pyreqwest for what the native client leaves out: ``https://`` (rustls, a custom CA, HTTP/2),
+proxies from the environment and user info in the URL, as the Rust predecessor handled them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from datetime import timedelta
+
+from pyreqwest.client import ClientBuilder
+from pyreqwest.exceptions import ConnectError as ReqwestConnectError
+from pyreqwest.exceptions import NetworkError, PyreqwestError, RequestTimeoutError
+from pyreqwest.request import RequestBuilder
+
+from .base import (
+    ClientSettings,
+    ConnectError,
+    ConnectionClosed,
+    HttpError,
+    InvalidResponse,
+    RequestTimeout,
+    ResponseTooLarge,
+)
+from .codec import HttpResponse
+
+_POOL_IDLE_PER_HOST = 1024
+"""Enough idle keep-alive connections that steady load opens no new ones."""
+_FORM = "application/x-www-form-urlencoded"
+
+
+class ReqwestClient:
+    """One pyreqwest client per endpoint; its errors come out as ``HttpError``."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self._target = settings.target
+        self._query_prefix = settings.target + ("&" if "?" in settings.target else "?")
+        self._max_body = settings.max_body_bytes
+        headers = {"Accept": "application/json"} if settings.accept_json else {}
+        if settings.token is not None:
+            headers["X-Auth-Token"] = settings.token
+        builder = (
+            ClientBuilder()
+            .user_agent(settings.user_agent)
+            .default_headers(headers)
+            .timeout(timedelta(seconds=settings.timeout))
+            .pool_max_idle_per_host(_POOL_IDLE_PER_HOST)
+            .follow_redirects(False)
+            .referer(False)
+        )
+        if settings.ca_pem is not None:
+            builder = builder.add_root_certificate_pem(settings.ca_pem)
+        self._client = builder.build()
+
+    def get(self, query: str, request_id: str, budget: float | None) -> Awaitable[HttpResponse]:
+        return self._send(self._client.get(self._query_prefix + query), request_id, budget)
+
+    def post_form(
+        self, body: bytes, request_id: str, budget: float | None
+    ) -> Awaitable[HttpResponse]:
+        builder = self._client.post(self._target).header("Content-Type", _FORM).body_bytes(body)
+        return self._send(builder, request_id, budget)
+
+    async def _send(
+        self, builder: RequestBuilder, request_id: str, budget: float | None
+    ) -> HttpResponse:
+        """The body is read only for a 200, and only up to the limit."""
+        builder = builder.header("X-Request-Id", request_id)
+        if budget is not None:
+            builder = builder.timeout(timedelta(seconds=budget))
+        try:
+            async with builder.build_streamed() as response:
+                body = bytearray()
+                if response.status == 200:
+                    reader = response.body_reader
+                    while (chunk := await reader.read(65536)) is not None:
+                        body += chunk
+                        if len(body) > self._max_body:
+                            raise ResponseTooLarge("API answer exceeds max-response-bytes")
+                headers = response.headers
+                return HttpResponse(
+                    response.status,
+                    bytes(body),
+                    headers.get("content-type"),
+                    headers.get("cache-control"),
+                )
+        except PyreqwestError as error:
+            raise _http_error(error) from None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _http_error(error: PyreqwestError) -> HttpError:
+    """By kind only: pyreqwest's messages carry the URL, and with it the key and maybe a secret."""
+    if isinstance(error, RequestTimeoutError):
+        return RequestTimeout("API did not answer in time")
+    if isinstance(error, ReqwestConnectError):
+        return ConnectError("API could not be reached")
+    if isinstance(error, NetworkError):
+        return ConnectionClosed("API connection failed")
+    return InvalidResponse(type(error).__name__)
