@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from urllib.parse import quote_from_bytes, quote_plus
+from urllib.parse import quote_from_bytes
 
 from .httpclient import (
     ClientSettings,
@@ -128,11 +128,23 @@ def _status_failure(status: int) -> Outcome:
     return TemporaryError(f"API answered HTTP {status}")
 
 
+_FORM_UNSAFE = re.compile(rb"[^A-Za-z0-9_.~-]")
+"""What ``quote_plus`` escapes; most attribute values have none of it, and a regex that finds
+nothing is several times cheaper than ``quote_plus``."""
+_FORM_ESCAPES = {bytes([byte]): b"+" if byte == 0x20 else b"%%%02X" % byte for byte in range(256)}
+
+
+def _form_escape(match: re.Match[bytes]) -> bytes:
+    return _FORM_ESCAPES[match[0]]
+
+
 def form_body(request: PolicyRequest) -> bytes:
     """Every attribute in order, names and values form-encoded from their raw bytes."""
-    return "&".join(
-        f"{quote_plus(name)}={quote_plus(value)}" for name, value in request.attributes
-    ).encode("ascii")
+    escape = _FORM_UNSAFE.sub
+    return b"&".join(
+        escape(_form_escape, name) + b"=" + escape(_form_escape, value)
+        for name, value in request.attributes
+    )
 
 
 class RestBackend:

@@ -65,6 +65,12 @@ class PolicyDecoder:
     def _split(self, buffer: bytes, requests: list[PolicyRequest | Malformed]) -> int:
         """Append every complete request; return where the incomplete rest starts."""
         start = 0
+        while not self._request_bytes and (end := buffer.find(b"\n\n", start)) > start:
+            request = self._whole_request(buffer[start:end])
+            if request is None:
+                break
+            requests.append(request)
+            start = end + 2
         while (end := buffer.find(b"\n", start)) >= 0:
             self._count(end + 1 - start)
             line_end = end - 1 if end > start and buffer[end - 1] == 0x0D else end
@@ -74,6 +80,21 @@ class PolicyDecoder:
                 self._add_attribute(buffer[start:line_end])
             start = end + 1
         return start
+
+    def _whole_request(self, block: bytes) -> PolicyRequest | None:
+        """A request that arrived whole, read in bulk, as Postfix sends it; ``None`` leaves
+        anything unusual (a CR, a limit, a bad line) to the line-by-line path and its reasons."""
+        if len(block) + 2 > self._max_request or b"\r" in block:
+            return None
+        lines = block.split(b"\n")
+        if len(lines) > self._max_attributes:
+            return None
+        parts = [line.partition(b"=") for line in lines]
+        if not all(name and equals for name, equals, _ in parts):
+            return None
+        if len({name for name, _, _ in parts}) != len(parts):
+            return None
+        return PolicyRequest(tuple((name, value) for name, _, value in parts))
 
     def _count(self, line_bytes: int) -> None:
         self._request_bytes += line_bytes
