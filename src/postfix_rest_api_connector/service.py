@@ -73,7 +73,9 @@ class EndpointService:
         self._settings = settings
         self._cache = LookupCache(settings.cache_max_entries, settings.stale_if_error)
         self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
-        self._in_flight: dict[CacheKey, asyncio.Future[Outcome]] = {}
+        self._answers_fresh = settings.cache_ttl > 0 or settings.negative_cache_ttl > 0
+        self._in_flight: dict[CacheKey, asyncio.Future[Outcome] | None] = {}
+        """The lookups being fetched; the future exists once a second asker waits for one."""
         self.stats = ServiceStats()
 
     @property
@@ -86,6 +88,8 @@ class EndpointService:
 
     def cached(self, request: LookupRequest) -> Found | NotFound | None:
         """A fresh cached answer, found without awaiting anything (the connection's fast path)."""
+        if not self._answers_fresh:
+            return None  # without TTLs, entries only serve stale-if-error
         outcome = self._cache.fresh((request.map_name, request.key), time.monotonic())
         if outcome is not None:
             self.stats.cache_hits += 1
@@ -100,9 +104,11 @@ class EndpointService:
         stats = self.stats
         stats.cache_misses += 1
         stats.in_flight += 1
-        shared = self._in_flight.get(key)
-        if shared is not None:
+        if key in self._in_flight:
             stats.coalesced += 1
+            shared = self._in_flight[key]
+            if shared is None:
+                shared = self._in_flight[key] = asyncio.get_running_loop().create_future()
             try:
                 # shield: a waiter that is cancelled must not cancel the others' shared answer
                 return await asyncio.shield(shared)
@@ -111,8 +117,7 @@ class EndpointService:
         # The first asker fetches inline (no extra task or coroutine on the common path) and
         # publishes the outcome to whoever asks meanwhile. Connections never cancel a request in
         # flight, so the fetch runs to its end even if this asker's client has gone.
-        shared = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = shared
+        self._in_flight[key] = None
         outcome: Outcome = TemporaryError("interrupted")
         try:
             outcome = await self._fetch(request, key)
@@ -121,8 +126,9 @@ class EndpointService:
             outcome = INTERNAL_ERROR
         finally:
             stats.in_flight -= 1
-            del self._in_flight[key]
-            shared.set_result(outcome)
+            waiting = self._in_flight.pop(key)
+            if waiting is not None:
+                waiting.set_result(outcome)
         self._log_outcome(request, outcome)
         return outcome
 

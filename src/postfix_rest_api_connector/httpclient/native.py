@@ -231,6 +231,7 @@ class NativeClient:
         self._connections: set[_Connection] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._deadlines = _Deadlines()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def get(self, query: str, request_id: str, budget: float | None) -> _Exchange:
         target = self._get_prefix + query.encode("ascii")
@@ -246,7 +247,7 @@ class NativeClient:
         return b"%sX-Request-Id: %s\r\n" % (self._headers, request_id.encode("ascii"))
 
     async def _exchange(self, payload: bytes, budget: float | None) -> HttpResponse:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
         deadline = loop.time() + (self._timeout if budget is None else budget)
         while True:
             connection = self._take_idle(loop.time()) or await self._connect(deadline)
@@ -258,6 +259,11 @@ class NativeClient:
             except asyncio.CancelledError:
                 connection.close()
                 raise
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop is looked up once: on Python 3.11 each lookup is a ``getpid`` system call."""
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _take_idle(self, now: float) -> _Connection | None:
         idle = self._idle
