@@ -106,7 +106,7 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[Request | _Fatal] = deque()
-        self._in_flight: asyncio.Task[bytes] | None = None
+        self._in_flight: asyncio.Task[None] | None = None
         self._last_activity = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
@@ -208,25 +208,28 @@ class Connection(asyncio.Protocol):
                 return
             reply = self._exchange.answer_now(request)
             if reply is None:
-                task = self._loop.create_task(self._exchange.answer(request))
-                task.add_done_callback(self._on_answered)
-                self._in_flight = task
+                self._in_flight = self._loop.create_task(self._answer_later(request))
                 return
             self._write(reply)
             self._last_activity = self._loop.time()
 
-    def _on_answered(self, task: asyncio.Task[bytes]) -> None:
-        self._in_flight = None
-        if task.cancelled():
-            return
-        error = task.exception()  # retrieved even when the answer is dropped below
-        if self._transport is None or self._transport.is_closing():
-            return
-        if error is not None:
-            log.error("closing connection after an internal error", exc_info=error)
+    async def _answer_later(self, request: Request) -> None:
+        """Writes the reply as soon as it is known, in this task's own step (a done callback
+        would wait for the loop's next round, behind every other connection's reads)."""
+        try:
+            reply = await self._exchange.answer(request)
+        except asyncio.CancelledError:
+            self._in_flight = None
+            raise
+        except Exception:
+            self._in_flight = None
+            log.exception("closing connection after an internal error")
             self._close()
             return
-        self._write(task.result())
+        self._in_flight = None
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._write(reply)
         self._last_activity = self._loop.time()
         self._answer_next()
 

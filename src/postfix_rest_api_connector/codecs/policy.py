@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..model import Malformed, PolicyRequest
-from .errors import RequestTooLarge, UnsendableReply, kept_on_framing_error
+from .errors import KeptOnFramingError, RequestTooLarge, UnsendableReply
 
 DEFAULT_MAX_REQUEST = 65536
 DEFAULT_MAX_ATTRIBUTES = 256
@@ -55,7 +55,7 @@ class PolicyDecoder:
     def feed(self, data: bytes) -> list[PolicyRequest | Malformed]:
         buffer = self._buffer + data if self._buffer else data
         requests: list[PolicyRequest | Malformed] = []
-        with kept_on_framing_error(requests):
+        with KeptOnFramingError(requests):
             start = self._split(buffer, requests)
             self._buffer = buffer[start:]
             if self._request_bytes + len(self._buffer) > self._max_request:

@@ -10,9 +10,9 @@ from ..model import LookupRequest, Malformed
 from .errors import (
     BadNetstring,
     FramingError,
+    KeptOnFramingError,
     RequestTooLarge,
     UnsendableReply,
-    kept_on_framing_error,
 )
 
 MAX_REPLY_PAYLOAD = 100000
@@ -38,7 +38,7 @@ class NetstringDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer + data if self._buffer else data
         payloads: list[bytes] = []
-        with kept_on_framing_error(payloads):
+        with KeptOnFramingError(payloads):
             start = self._split(buffer, payloads)
         self._buffer = buffer[start:]
         return payloads

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..model import LookupRequest, Malformed
-from .errors import RequestTooLarge, UnsendableReply, kept_on_framing_error
+from .errors import KeptOnFramingError, RequestTooLarge, UnsendableReply
 
 MAX_REPLY_LINE = 4096
 """Postfix's dict_tcp rejects a longer reply line (counting the newline)."""
@@ -64,7 +64,7 @@ class TcpTableDecoder:
         buffer = self._buffer + data if self._buffer else data
         requests: list[LookupRequest | Malformed] = []
         start = 0
-        with kept_on_framing_error(requests):
+        with KeptOnFramingError(requests):
             while (end := buffer.find(b"\n", start)) >= 0:
                 if end - start >= self._max_line:
                     raise self._too_large()
