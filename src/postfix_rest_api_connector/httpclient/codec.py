@@ -132,6 +132,7 @@ class ResponseParser:
         "_buffer",
         "_cache_control",
         "_content_type",
+        "_head_scanned",
         "_keep_alive",
         "_keep_body",
         "_max_body",
@@ -145,8 +146,9 @@ class ResponseParser:
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
-        self._buffer = b""
+        self._buffer = bytearray()
         """Bytes received but not yet consumed: an incomplete line or head."""
+        self._head_scanned = 0
         self._state = _HEAD
         self._received = 0
         self._status = 0
@@ -167,11 +169,18 @@ class ResponseParser:
 
     def feed(self, data: bytes) -> HttpResponse | None:
         """The response once its last byte has arrived; raises on bytes that cannot be framed."""
+        if not data:
+            return None
         if self._state == _DONE:
             self.reusable = False  # bytes after a complete response: the stream is out of step
             return None
         self._received += len(data)
-        buffer = self._buffer + data if self._buffer else data
+        if self._buffer:
+            # an incomplete line or head: grown in place, so that tiny reads stay linear
+            self._buffer += data
+            buffer: bytes | bytearray = self._buffer
+        else:
+            buffer = data
         position = 0
         while self._state != _DONE:
             state = self._state
@@ -182,11 +191,13 @@ class ResponseParser:
             else:
                 advanced = self._read_chunk_framing(buffer, position)
             if advanced == position and self._state == state:
-                self._buffer = buffer[position:]
+                if buffer is not self._buffer or position:
+                    self._buffer = bytearray(buffer[position:])
                 return None
             position = advanced
         if position < len(buffer):
             self.reusable = False  # anything after the response was not asked for
+        self._buffer = bytearray()
         return self._response()
 
     def feed_eof(self) -> HttpResponse:
@@ -196,13 +207,19 @@ class ResponseParser:
             return self._response()
         raise ResponseIncomplete(self.started)
 
-    def _read_head(self, buffer: bytes, position: int) -> int:
-        end = buffer.find(b"\r\n\r\n", position, position + MAX_HEAD_BYTES)
+    def _read_head(self, buffer: bytes | bytearray, position: int) -> int:
+        # a head that arrives in pieces is searched only where new bytes may complete it
+        scan_from = max(position, position + self._head_scanned - 3)
+        end = buffer.find(b"\r\n\r\n", scan_from, position + MAX_HEAD_BYTES)
         if end < 0:
+            if buffer.find(b"\n\n", scan_from) >= 0:
+                raise HttpProtocolError("response head with bare LF line ends")
             if len(buffer) - position >= MAX_HEAD_BYTES:
                 raise HttpProtocolError("response head too large")
+            self._head_scanned = len(buffer) - position
             return position
-        head = buffer[position : end + 2]
+        self._head_scanned = 0
+        head = bytes(buffer[position : end + 2])
         match = _HEAD_PATTERN.fullmatch(head)
         if match is None:
             raise HttpProtocolError("invalid status line or header line")
@@ -249,7 +266,7 @@ class ResponseParser:
         else:
             self._state, self._keep_alive = _UNTIL_EOF, False
 
-    def _read_body(self, buffer: bytes, position: int) -> int:
+    def _read_body(self, buffer: bytes | bytearray, position: int) -> int:
         state, available = self._state, len(buffer) - position
         count = available if state == _UNTIL_EOF else min(self._remaining, available)
         if count:
@@ -258,7 +275,7 @@ class ResponseParser:
             if self._keep_body:
                 if self._body_size > self._max_body:
                     raise BodyTooLarge
-                self._body.append(buffer[position : position + count])
+                self._body.append(bytes(buffer[position : position + count]))
             elif self._body_size > self._max_body:
                 self._complete(reusable=False)  # a dropped body over the limit: stop reading it
                 return position + count
@@ -271,7 +288,7 @@ class ResponseParser:
             self._state = _CHUNK_END
         return position
 
-    def _read_chunk_framing(self, buffer: bytes, position: int) -> int:
+    def _read_chunk_framing(self, buffer: bytes | bytearray, position: int) -> int:
         if self._state == _CHUNK_END:
             if len(buffer) - position < 2:
                 return position
@@ -281,10 +298,10 @@ class ResponseParser:
             return position + 2
         end = buffer.find(b"\r\n", position, position + MAX_LINE_BYTES + 2)
         if end < 0:
-            if len(buffer) - position > MAX_LINE_BYTES:
+            if len(buffer) - position > MAX_LINE_BYTES + 1:  # + 1: its CR may be here already
                 raise HttpProtocolError("chunk size or trailer line too long")
             return position
-        line = buffer[position:end]
+        line = bytes(buffer[position:end])
         if self._state == _CHUNK_SIZE:
             self._remaining = _chunk_size(line)
             self._state = _CHUNK_DATA if self._remaining else _TRAILERS

@@ -134,7 +134,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if parser is None:
-            self.close()  # bytes nobody asked for: the connection is out of step
+            self._drop()  # bytes nobody asked for: the connection is out of step
             return
         try:
             response = parser.feed(data)
@@ -187,17 +187,25 @@ class _Connection(asyncio.Protocol):
         if reusable:
             self._client.release(self)
         else:
-            self.close()
+            self._drop()
 
     def _fail(self, error: HttpError) -> None:
         waiter = self._end_request()
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
-        self.close()
+        self._drop()
+
+    def carries(self, waiter: asyncio.Future[HttpResponse]) -> bool:
+        return self._waiter is waiter
 
     def close(self) -> None:
-        """Drops the connection at once: whatever it was carrying is abandoned."""
-        self._end_request()
+        """Drops the connection at once; a request it carries fails with ``ConnectionClosed``."""
+        if self._waiter is None:
+            self._drop()
+        else:
+            self._fail(ConnectionClosed("the connection was closed by the connector"))
+
+    def _drop(self) -> None:
         self.closed = True
         if self._transport is not None:
             self._transport.abort()
@@ -257,7 +265,10 @@ class NativeClient:
             except _StaleConnection:
                 continue
             except asyncio.CancelledError:
-                connection.close()
+                # Only while it still carries this request: once answered, the connection may
+                # already be back in the pool and carrying another request.
+                if connection.carries(waiter):
+                    connection.close()
                 raise
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
