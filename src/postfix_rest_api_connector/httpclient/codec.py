@@ -105,6 +105,8 @@ def _fields(head: bytes) -> _Fields:
 
 
 def _split_list(value: bytes) -> list[bytes]:
+    if b"," not in value:
+        return [value]  # already stripped by the field pattern
     return [part.strip(b" \t") for part in value.split(b",")]
 
 
@@ -115,6 +117,7 @@ def _chunk_size(line: bytes) -> int:
     return int(size, 16)
 
 
+_FIRST_CHUNK = re.compile(rb"([0-9a-fA-F]{1,8})\r\n")
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_EOF, _DONE = range(8)
 _BODY_STATES = (_LENGTH, _CHUNK_DATA, _UNTIL_EOF)
 
@@ -289,6 +292,10 @@ class ResponseParser:
         return position
 
     def _read_chunk_framing(self, buffer: bytes | bytearray, position: int) -> int:
+        if self._state == _CHUNK_SIZE and not self._body_size:
+            after = self._read_whole_chunked_body(buffer, position)
+            if after is not None:
+                return after
         if self._state == _CHUNK_END:
             if len(buffer) - position < 2:
                 return position
@@ -312,6 +319,19 @@ class ResponseParser:
             if self._trailer_bytes > MAX_HEAD_BYTES:
                 raise HttpProtocolError("trailers too large")
         return end + 2
+
+    def _read_whole_chunked_body(self, buffer: bytes | bytearray, position: int) -> int | None:
+        """The usual chunked body, one chunk and the last chunk without trailers, in one step;
+        ``None`` leaves anything else to the chunk-by-chunk path."""
+        match = _FIRST_CHUNK.match(buffer, position)
+        if match is None or not (size := int(match[1], 16)):
+            return None  # a last chunk first (an empty body) has its trailers to read
+        self._state, self._remaining = _CHUNK_DATA, size
+        position = self._read_body(buffer, match.end())
+        if self._state == _CHUNK_END and buffer[position : position + 7] == b"\r\n0\r\n\r\n":
+            self._complete(self._keep_alive)
+            return position + 7
+        return position
 
     def _complete(self, reusable: bool) -> None:
         self._state = _DONE
