@@ -6,6 +6,7 @@ No API failure may ever reach Postfix as "not found", DUNNO or OK.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -15,10 +16,12 @@ from urllib.parse import parse_qsl
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import FakeApi, endpoint_address, endpoint_config, netstring, running_connector
 from postfix_rest_api_connector import __version__
-from postfix_rest_api_connector.backend import cache_max_age
+from postfix_rest_api_connector.backend import cache_max_age, decoded_outcome, lookup_outcome
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
 
 FAILURE = f"action={DEFAULT_FAILURE_ACTION}\n\n".encode()
@@ -350,3 +353,16 @@ async def test_policy_post_is_form_encoded_in_order_without_injection(api: FakeA
 )
 def test_cache_control_is_read_safely(header: str | None, expected: float | None) -> None:
     assert cache_max_age(header) == expected
+
+
+_PIECES = b'[ ] " , \t \n \r \x0c \\ \\u0000 \\ud800 a % \xc3\xa9 \xed\xa0\x80 \xff \x00 \x1f \x7f'
+JSON_PIECES = st.sampled_from([*_PIECES.split(b" "), b" ", b"\xef\xbb\xbf"])
+JSON_BODIES = st.lists(JSON_PIECES, max_size=14).map(b"".join) | st.lists(
+    st.text(), max_size=3
+).map(lambda values: json.dumps(values, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+@given(JSON_BODIES)
+def test_the_plain_string_shortcut_agrees_with_the_json_decoder(body: bytes) -> None:
+    """``["value"]`` is read without json.loads; for any body the outcome must be the same."""
+    assert lookup_outcome(200, body, "application/json", ",") == decoded_outcome(body, ",")

@@ -56,6 +56,11 @@ def _json_content_type(content_type: str | None) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
+_ONE_PLAIN_STRING = re.compile(rb'[ \t\n\r]*\[[ \t\n\r]*"([^"\\\x00-\x1f]+)"[ \t\n\r]*\][ \t\n\r]*')
+"""The usual answer, ``["value"]`` with no escape and no control character, read without the
+JSON decoder; whatever else goes to ``json.loads`` and the checks after it."""
+
+
 def lookup_outcome(status: int, body: bytes, content_type: str | None, separator: str) -> Outcome:
     """The REST contract for lookups, row by row."""
     if status == 404:
@@ -67,6 +72,17 @@ def lookup_outcome(status: int, body: bytes, content_type: str | None, separator
         return _status_failure(status)
     if not _json_content_type(content_type):
         return TemporaryError(f"API answered with content type {content_type!r}, not JSON")
+    plain = _ONE_PLAIN_STRING.fullmatch(body)
+    if plain is not None:
+        try:
+            return Found(plain[1].decode("utf-8"))
+        except UnicodeDecodeError:
+            pass  # the general path says why
+    return decoded_outcome(body, separator)
+
+
+def decoded_outcome(body: bytes, separator: str) -> Outcome:
+    """A 200's JSON body, whatever it holds: a list of strings or the reason it is not one."""
     try:
         values = json.loads(body.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
     except (ValueError, RecursionError):

@@ -304,7 +304,7 @@ class NativeClient:
         if len(self._idle) >= MAX_IDLE:
             connection.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
         connection.idle_since = loop.time()
         self._idle.append(connection)
         if self._sweep is None:
