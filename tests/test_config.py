@@ -127,6 +127,10 @@ def test_auth_token_is_hidden_from_repr() -> None:
             {"endpoints": [_endpoint(**{"tls-ca-file": "/nonexistent/ca.pem"})]},
             "endpoints[0].tls-ca-file:",
         ),
+        (
+            {"endpoints": [_endpoint()], "user-agent": "agent\r\nX-Injected: 1"},
+            "user-agent: must not contain control characters",
+        ),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
 )

@@ -84,7 +84,7 @@ def lookup_outcome(status: int, body: bytes, content_type: str | None, separator
 def decoded_outcome(body: bytes, separator: str) -> Outcome:
     """A 200's JSON body, whatever it holds: a list of strings or the reason it is not one."""
     try:
-        values = json.loads(body.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
+        values = json.loads(body)  # bytes: a BOM or UTF-16 is still read, as before
     except (ValueError, RecursionError):
         return TemporaryError("API answered with invalid JSON")
     if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
@@ -185,9 +185,7 @@ class RestBackend:
     async def lookup(self, request: LookupRequest, request_id: str, budget: float | None) -> Answer:
         """``budget`` is the time left for a retry; ``None`` (a first attempt) leaves the
         endpoint's own ``request-timeout``."""
-        response = await self._exchange(
-            self._client.get(self.lookup_query(request), request_id, budget)
-        )
+        response = await self._ask(self._client.get(self.lookup_query(request), request_id, budget))
         if not isinstance(response, HttpResponse):
             return Answer(response)
         outcome = lookup_outcome(
@@ -200,12 +198,12 @@ class RestBackend:
     ) -> Answer:
         """A policy answer is never cached: its ``max_age`` stays ``None``."""
         sent = self._client.post_form(form_body(request), request_id, budget)
-        response = await self._exchange(sent)
+        response = await self._ask(sent)
         if not isinstance(response, HttpResponse):
             return Answer(response)
         return Answer(policy_outcome(response.status, response.body))
 
-    async def _exchange(self, sent: Awaitable[HttpResponse]) -> HttpResponse | Failure:
+    async def _ask(self, sent: Awaitable[HttpResponse]) -> HttpResponse | Failure:
         """The response, or the failure as an outcome; timed and counted either way."""
         started = time.perf_counter()
         try:

@@ -65,6 +65,13 @@ def _check_target(url: str) -> str:
     return url
 
 
+def _check_header_text(value: str) -> str:
+    """Sent as a header on every request: a control character would end or split the header."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError("must not contain control characters (line breaks, tabs, NUL)")
+    return value
+
+
 def _check_ca_file(path: Path | None) -> Path | None:
     """Load the CAs now: a file that is not PEM certificates would otherwise fail every lookup."""
     if path is not None:
@@ -216,7 +223,9 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    user_agent: str = Field(DEFAULT_USER_AGENT, alias="user-agent", min_length=1)
+    user_agent: Annotated[str, AfterValidator(_check_header_text)] = Field(
+        DEFAULT_USER_AGENT, alias="user-agent", min_length=1
+    )
     shutdown_timeout: Milliseconds = Field(10_000, alias="shutdown-timeout", ge=0, le=600_000)
     metrics: MetricsConfig | None = None
     workers: int | None = Field(None, ge=1, le=256)

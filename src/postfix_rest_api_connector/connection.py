@@ -218,6 +218,12 @@ class Connection(asyncio.Protocol):
         would wait for the loop's next round, behind every other connection's reads)."""
         try:
             reply = await self._exchange.answer(request)
+            self._in_flight = None
+            if self._transport is None or self._transport.is_closing():
+                return
+            self._write(reply)
+            self._last_activity = self._loop.time()
+            self._answer_next()
         except asyncio.CancelledError:
             self._in_flight = None
             raise
@@ -225,13 +231,6 @@ class Connection(asyncio.Protocol):
             self._in_flight = None
             log.exception("closing connection after an internal error")
             self._close()
-            return
-        self._in_flight = None
-        if self._transport is None or self._transport.is_closing():
-            return
-        self._write(reply)
-        self._last_activity = self._loop.time()
-        self._answer_next()
 
     def _give_up(self, error: PermanentError | TemporaryError) -> None:
         """Stop reading; answer what came before, then this error, then close."""

@@ -68,7 +68,7 @@ _HEAD_PATTERN = re.compile(
 )
 """A status line and header lines (RFC 9112 section 4, 5): no folding, no space before a colon."""
 _FIELD_PATTERN = re.compile(
-    rb"\n(content-length|transfer-encoding|connection|content-type|cache-control):"
+    rb"\n(content-length|transfer-encoding|connection|content-type|cache-control|content-encoding):"
     rb"[ \t]*([^\r\n]*?)[ \t]*\r"
 )
 """In a lower-cased head: the fields that frame the body or that the REST contract reads."""
@@ -81,11 +81,12 @@ class _Fields:
     connection: list[bytes]
     content_type: str | None
     cache_control: str | None
+    content_codings: list[bytes]
 
 
 def _fields(head: bytes) -> _Fields:
     """Field names and these values are case-insensitive, so the head is read lower-cased."""
-    fields = _Fields(set(), [], [], None, None)
+    fields = _Fields(set(), [], [], None, None, [])
     cache_control: list[bytes] = []
     for name, value in _FIELD_PATTERN.findall(head.lower()):
         if name == b"content-length":
@@ -97,6 +98,8 @@ def _fields(head: bytes) -> _Fields:
         elif name == b"content-type":
             if fields.content_type is None:
                 fields.content_type = value.decode("latin-1")
+        elif name == b"content-encoding":
+            fields.content_codings += _split_list(value)
         else:
             cache_control.append(value)
     if cache_control:
@@ -160,7 +163,7 @@ class ResponseParser:
         self._keep_alive = False
         self._keep_body = False
         self._remaining = 0
-        self._body: list[bytes] = []
+        self._body = bytearray()
         self._body_size = 0
         self._trailer_bytes = 0
         self.reusable = False
@@ -237,10 +240,14 @@ class ResponseParser:
         self._status = status
         self._content_type = fields.content_type
         self._cache_control = fields.cache_control
+        http11 = match[1] == b"1"
         self._keep_alive = b"close" not in fields.connection and (
-            match[1] == b"1" or b"keep-alive" in fields.connection
-        )
+            http11 or (b"keep-alive" in fields.connection and not fields.codings)
+        )  # RFC 9112 6.1: chunked in an HTTP/1.0 answer means close after it
         self._keep_body = status == 200
+        if self._keep_body and any(coding != b"identity" for coding in fields.content_codings):
+            # we sent Accept-Encoding: identity; a compressed body is not the API's answer
+            raise HttpProtocolError("unsupported content coding")
         self._frame_body(status, fields.lengths, fields.codings)
         return end + 4
 
@@ -278,7 +285,7 @@ class ResponseParser:
             if self._keep_body:
                 if self._body_size > self._max_body:
                     raise BodyTooLarge
-                self._body.append(bytes(buffer[position : position + count]))
+                self._body += buffer[position : position + count]
             elif self._body_size > self._max_body:
                 self._complete(reusable=False)  # a dropped body over the limit: stop reading it
                 return position + count
@@ -338,5 +345,5 @@ class ResponseParser:
         self.reusable = reusable
 
     def _response(self) -> HttpResponse:
-        body = b"".join(self._body) if self._keep_body else b""
+        body = bytes(self._body) if self._keep_body else b""
         return HttpResponse(self._status, body, self._content_type, self._cache_control)

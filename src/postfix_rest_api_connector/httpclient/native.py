@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from socket import SOCK_STREAM
 from typing import Any, cast
 from urllib.parse import urlsplit
+
+from pyreqwest.http import Url
 
 from .base import (
     ClientSettings,
@@ -38,7 +41,9 @@ MAX_IDLE = 1024
 """Enough idle connections that steady load opens no new ones."""
 _FORM_HEADER = b"Content-Type: application/x-www-form-urlencoded\r\n"
 TICK = 0.05
-"""Seconds between deadline checks: a timeout fires at most this late."""
+"""Seconds between deadline checks: a timeout fires at most twice this late."""
+FALLBACK_DELAY = 0.3
+"""Seconds a connection attempt gets before the next address is tried, as hyper does."""
 
 
 class _StaleConnection(HttpError):
@@ -79,10 +84,12 @@ class _Deadlines:
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for slot in [slot for slot in self._slots if slot * TICK <= now]:
-            for connection in self._slots.pop(slot):
-                connection.time_out()
-        self._timer = loop.call_later(TICK, self._expire) if self._slots else None
+        try:
+            for slot in [slot for slot in self._slots if slot * TICK <= now]:
+                for connection in self._slots.pop(slot):
+                    connection.time_out()
+        finally:
+            self._timer = loop.call_later(TICK, self._expire) if self._slots else None
 
     def cancel(self) -> None:
         if self._timer is not None:
@@ -211,25 +218,28 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
 
-_Exchange = Coroutine[Any, Any, HttpResponse]
+_Pending = Coroutine[Any, Any, HttpResponse]
 
 
 class NativeClient:
     """Keep-alive connections to one ``http://`` target, reused last-in first-out."""
 
     def __init__(self, settings: ClientSettings) -> None:
-        parts = urlsplit(settings.target)
-        if parts.scheme != "http" or parts.hostname is None or parts.username is not None:
+        # pyreqwest's URL parser, so that both engines send the same Host and path
+        parts = urlsplit(str(Url(settings.target)))
+        if parts.scheme != "http" or parts.hostname is None or parts.username:
             raise ValueError("the native client serves plain http:// targets without user info")
         self._host = parts.hostname
         self._port = parts.port or 80
-        path = (parts.path or "/").encode("ascii")
-        self._post_target = path + (b"?" + parts.query.encode("ascii") if parts.query else b"")
+        self._post_target = parts.path.encode("ascii") + (
+            b"?" + parts.query.encode("ascii") if parts.query else b""
+        )
         self._get_prefix = self._post_target + (b"&" if parts.query else b"?")
         headers = [
             ("Host", parts.netloc),
             ("User-Agent", settings.user_agent),
-            *([("Accept", "application/json")] if settings.accept_json else []),
+            ("Accept", "application/json" if settings.accept_json else "*/*"),
+            ("Accept-Encoding", "identity"),  # bodies are read as they come: no compression
             *([("X-Auth-Token", settings.token)] if settings.token is not None else []),
         ]
         self._headers = b"".join(_header_line(name, value) for name, value in headers)
@@ -240,30 +250,39 @@ class NativeClient:
         self._sweep: asyncio.TimerHandle | None = None
         self._deadlines = _Deadlines()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
-    def get(self, query: str, request_id: str, budget: float | None) -> _Exchange:
+    def get(self, query: str, request_id: str, budget: float | None) -> _Pending:
         target = self._get_prefix + query.encode("ascii")
         payload = encode_request(b"GET", target, self._request_headers(request_id), None)
-        return self._exchange(payload, budget)
+        return self._exchange(payload, budget, idempotent=True)
 
-    def post_form(self, body: bytes, request_id: str, budget: float | None) -> _Exchange:
+    def post_form(self, body: bytes, request_id: str, budget: float | None) -> _Pending:
         headers = self._request_headers(request_id) + _FORM_HEADER
         payload = encode_request(b"POST", self._post_target, headers, body)
-        return self._exchange(payload, budget)
+        return self._exchange(payload, budget, idempotent=False)
 
     def _request_headers(self, request_id: str) -> bytes:
         return b"%sX-Request-Id: %s\r\n" % (self._headers, request_id.encode("ascii"))
 
-    async def _exchange(self, payload: bytes, budget: float | None) -> HttpResponse:
+    async def _exchange(
+        self, payload: bytes, budget: float | None, idempotent: bool
+    ) -> HttpResponse:
+        """A GET that finds its pooled connection closed by the API is sent once more, on a new
+        connection; a POST is not (RFC 9112 9.3.1: it may have been acted on), and neither is
+        anything else: the endpoint's ``retries`` decide."""
         loop = self._loop or self._bind_loop()
         deadline = loop.time() + (self._timeout if budget is None else budget)
+        connection = self._take_idle(loop.time()) or await self._connect(deadline)
         while True:
-            connection = self._take_idle(loop.time()) or await self._connect(deadline)
             waiter = connection.send(loop, payload, deadline, self._max_body)
             try:
                 return await waiter
             except _StaleConnection:
-                continue
+                if not idempotent:
+                    raise ConnectionClosed("API closed the connection before answering") from None
+                idempotent = False  # once
+                connection = await self._connect(deadline)
             except asyncio.CancelledError:
                 # Only while it still carries this request: once answered, the connection may
                 # already be back in the pool and carrying another request.
@@ -286,22 +305,44 @@ class NativeClient:
         return None
 
     async def _connect(self, deadline: float) -> _Connection:
+        """Each address in turn, as the resolver orders them; all but the last get at most
+        ``FALLBACK_DELAY``, so an unreachable IPv6 address does not eat the whole timeout."""
+        if self._closed:
+            raise ConnectionClosed("the client is closed")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self, self._deadlines), self._host, self._port
-                )
+                addresses = await loop.getaddrinfo(self._host, self._port, type=SOCK_STREAM)
+            for index, (family, _, _, _, address) in enumerate(addresses):
+                last = index == len(addresses) - 1
+                attempt_deadline = deadline if last else min(deadline, loop.time() + FALLBACK_DELAY)
+                try:
+                    async with asyncio.timeout_at(attempt_deadline):
+                        _, connection = await loop.create_connection(
+                            lambda: _Connection(self, self._deadlines),
+                            *cast(tuple[str, int], address[:2]),
+                            family=family,
+                        )
+                    break
+                except (TimeoutError, OSError):
+                    if last or loop.time() >= deadline:
+                        raise
         except TimeoutError:
             raise RequestTimeout("API did not answer in time") from None
-        except OSError as error:
-            raise ConnectError(error.strerror or "API could not be reached") from None
+        except (OSError, UnicodeError, ValueError) as error:
+            # UnicodeError: a host name the resolver's IDNA codec refuses
+            raise ConnectError(
+                getattr(error, "strerror", None) or "API could not be reached"
+            ) from None
+        if self._closed:
+            connection.close()
+            raise ConnectionClosed("the client is closed")
         self._connections.add(connection)
         return connection
 
     def release(self, connection: _Connection) -> None:
         """A connection whose answer is complete goes back to the idle list, newest last."""
-        if len(self._idle) >= MAX_IDLE:
+        if self._closed or len(self._idle) >= MAX_IDLE:
             connection.close()
             return
         loop = self._loop or self._bind_loop()
@@ -314,7 +355,8 @@ class NativeClient:
         self._connections.discard(connection)
 
     def _drop_expired(self) -> None:
-        """Closes idle connections unused for ``IDLE_TIMEOUT``: the oldest are first in the list."""
+        """Closes idle connections unused for ``IDLE_TIMEOUT``: the oldest are first in the list,
+        and the next sweep is due when the oldest left expires."""
         loop = asyncio.get_running_loop()
         idle, now, expired = self._idle, loop.time(), 0
         while expired < len(idle) and (
@@ -323,9 +365,14 @@ class NativeClient:
             idle[expired].close()
             expired += 1
         del idle[:expired]
-        self._sweep = loop.call_later(IDLE_TIMEOUT, self._drop_expired) if idle else None
+        self._sweep = None
+        if idle:
+            due = cast(float, idle[0].idle_since) + IDLE_TIMEOUT - now
+            self._sweep = loop.call_later(due, self._drop_expired)
 
     async def close(self) -> None:
+        """Every connection closes now, failing what it carries; later requests fail at once."""
+        self._closed = True
         self._deadlines.cancel()
         if self._sweep is not None:
             self._sweep.cancel()
@@ -336,7 +383,8 @@ class NativeClient:
 
 
 def _header_line(name: str, value: str) -> bytes:
-    """Refuses what would split or end the header block: the token comes from a file."""
+    """Refuses what would split or end the header block: the token comes from a file. Sent as
+    UTF-8, as pyreqwest sends it."""
     if any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in value):
         raise ValueError(f"the {name} header value contains a control character")
-    return f"{name}: {value}\r\n".encode("latin-1")
+    return f"{name}: {value}\r\n".encode()

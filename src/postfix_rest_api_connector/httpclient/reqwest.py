@@ -3,7 +3,7 @@ proxies from the environment and user info in the URL, as the Rust predecessor h
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from pyreqwest.client import ClientBuilder
@@ -51,22 +51,25 @@ class ReqwestClient:
         self._client = builder.build()
 
     def get(self, query: str, request_id: str, budget: float | None) -> Awaitable[HttpResponse]:
-        return self._send(self._client.get(self._query_prefix + query), request_id, budget)
+        return self._send(lambda: self._client.get(self._query_prefix + query), request_id, budget)
 
     def post_form(
         self, body: bytes, request_id: str, budget: float | None
     ) -> Awaitable[HttpResponse]:
-        builder = self._client.post(self._target).header("Content-Type", _FORM).body_bytes(body)
-        return self._send(builder, request_id, budget)
+        def build() -> RequestBuilder:
+            return self._client.post(self._target).header("Content-Type", _FORM).body_bytes(body)
+
+        return self._send(build, request_id, budget)
 
     async def _send(
-        self, builder: RequestBuilder, request_id: str, budget: float | None
+        self, build: Callable[[], RequestBuilder], request_id: str, budget: float | None
     ) -> HttpResponse:
-        """The body is read only for a 200, and only up to the limit."""
-        builder = builder.header("X-Request-Id", request_id)
-        if budget is not None:
-            builder = builder.timeout(timedelta(seconds=budget))
+        """The body is read only for a 200, and only up to the limit. Building the request is
+        inside the guard too: pyreqwest may refuse it, and that must come out as an HttpError."""
         try:
+            builder = build().header("X-Request-Id", request_id)
+            if budget is not None:
+                builder = builder.timeout(timedelta(seconds=budget))
             async with builder.build_streamed() as response:
                 body = bytearray()
                 if response.status == 200:
@@ -80,7 +83,7 @@ class ReqwestClient:
                     response.status,
                     bytes(body),
                     headers.get("content-type"),
-                    headers.get("cache-control"),
+                    ", ".join(headers.getall("cache-control")) or None,  # as the native client
                 )
         except PyreqwestError as error:
             raise _http_error(error) from None
