@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,15 @@ class Scenario:
     conns: int
     hot_keys: int = 0
     cache: bool = False
+    peer: bool = False
+    """Only for naming the peer's results (``--peer-src``)."""
 
     @property
     def name(self) -> str:
         keys = f" hot{self.hot_keys}" if self.hot_keys else ""
         cache = " cache" if self.cache else ""
-        return f"{self.mode} {self.latency_ms}ms {self.conns}c{keys}{cache}"
+        peer = "peer " if self.peer else ""
+        return f"{peer}{self.mode} {self.latency_ms}ms {self.conns}c{keys}{cache}"
 
     @property
     def bound(self) -> float | None:
@@ -145,8 +148,9 @@ def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_connector(
-    tmp: Path, scenario: Scenario, api_port: int, workers: int | None
+    tmp: Path, scenario: Scenario, api_port: int, workers: int | None, source: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """The connector from this checkout, or from ``source`` (another checkout's ``src``)."""
     port = free_port()
     path = "policy" if scenario.mode == "policy" else "lookup"
     endpoint: dict[str, Any] = {
@@ -164,8 +168,12 @@ def start_connector(
     if workers is not None:
         document["workers"] = workers
     config.write_text(json.dumps(document))
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(
-        [sys.executable, "-m", "postfix_rest_api_connector", str(config), "--log-level", "WARNING"]
+        [sys.executable, "-m", "postfix_rest_api_connector", str(config), "--log-level", "WARNING"],
+        env=env,
     )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -211,8 +219,9 @@ def measure(
     warmup: float,
     duration: float,
     workers: int | None,
+    source: Path | None = None,
 ) -> dict[str, Any]:
-    connector, port = start_connector(tmp, scenario, api_port, workers)
+    connector, port = start_connector(tmp, scenario, api_port, workers, source)
     try:
         generator = run_loadgen(
             loadgen,
@@ -313,6 +322,27 @@ def table(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -
     return "\n".join(lines)
 
 
+def ratios(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -> str:
+    """This checkout against the peer, from the medians of runs made in turn, in one run."""
+    lines = [
+        "| scenario | req/s: this / peer | CPU us/req: this / peer | p99: this / peer"
+        " | VmRSS: this / peer |",
+        "|---|---|---|---|---|",
+    ]
+    for scenario in scenarios:
+
+        def ratio(key: str, name: str = scenario.name) -> str:
+            this = statistics.median(run[key] for run in results[name])
+            peer = statistics.median(run[key] for run in results[f"peer {name}"])
+            return f"{this / peer:.2f}"
+
+        lines.append(
+            f"| {scenario.name} | {ratio('req_per_s')} | {ratio('cpu_us_per_req')}"
+            f" | {ratio('p99_ms')} | {ratio('VmRSS')} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--loadgen", type=Path, required=True)
@@ -324,6 +354,12 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, help="the connector's workers (default: its own, one per CPU)"
     )
+    parser.add_argument(
+        "--peer-src",
+        type=Path,
+        help="another checkout's src directory: each scenario also runs it, interleaved with this"
+        " one, and a table of ratios follows (e.g. a git worktree of an earlier commit)",
+    )
     args = parser.parse_args()
     scenarios = SCENARIO_SETS[args.scenarios]
     with tempfile.TemporaryDirectory(prefix="bench") as directory:
@@ -333,25 +369,38 @@ def main() -> int:
             capacity = loadgen_capacity(args.loadgen, args.duration)
             print("load generator against a stub:", json.dumps(capacity), flush=True)
             results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
+            sources: list[tuple[str, Path | None]] = [("", None)]
+            if args.peer_src is not None:
+                sources.insert(0, ("peer ", args.peer_src.resolve()))
+                results.update({f"peer {s.name}": [] for s in scenarios})
             for run in range(args.runs):
                 for scenario in scenarios:
-                    result = measure(
-                        args.loadgen,
-                        tmp,
-                        scenario,
-                        api_port=api_port,
-                        warmup=args.warmup,
-                        duration=args.duration,
-                        workers=args.workers,
-                    )
-                    results[scenario.name].append(result)
-                    print(f"run {run + 1} {scenario.name}: {json.dumps(result)}", flush=True)
+                    for prefix, source in sources:
+                        result = measure(
+                            args.loadgen,
+                            tmp,
+                            scenario,
+                            api_port=api_port,
+                            warmup=args.warmup,
+                            duration=args.duration,
+                            workers=args.workers,
+                            source=source,
+                        )
+                        name = prefix + scenario.name
+                        results[name].append(result)
+                        print(f"run {run + 1} {name}: {json.dumps(result)}", flush=True)
         finally:
             nginx.terminate()
             nginx.wait()
     args.results.write_text(json.dumps({"loadgen": capacity, "results": results}, indent=1))
     print()
     print(table(results, scenarios))
+    if args.peer_src is not None:
+        print()
+        print(f"peer: {args.peer_src}")
+        print(table(results, [replace(s, peer=True) for s in scenarios]))
+        print()
+        print(ratios(results, scenarios))
     return 0
 
 
