@@ -3,8 +3,10 @@
  * on each, the next sent as soon as the reply is complete. One thread, epoll, no allocation on
  * the hot path, so that it costs far less per request than the connector it measures.
  *
- *   loadgen --mode tcp|socketmap|policy --port P [--host 127.0.0.1] [--conns N]
+ *   loadgen --mode tcp|socketmap|policy|http --port P [--host 127.0.0.1] [--conns N]
  *           [--warmup S] [--duration S] [--keys K]      (K = 0: every key unique)
+ *           [--path /lookup/30]                          (http: GET PATH?key=K, to measure the
+ *                                                         API alone: answers must be chunked)
  *   loadgen --stub --mode M --port P                     (a trivial server answering at once,
  *                                                         to measure the generator's own capacity)
  *
@@ -27,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { TCP, SOCKETMAP, POLICY };
+enum mode { TCP, SOCKETMAP, POLICY, HTTP };
 
 #define BUF 8192
 #define BUCKETS 1000000 /* 10 us each: up to 10 s */
@@ -41,6 +43,7 @@ struct conn {
 };
 
 static enum mode mode;
+static const char *http_path = "/";
 static long hist[BUCKETS];
 static long measured, errors, overflow;
 static uint64_t max_ns;
@@ -60,12 +63,17 @@ static int parse_mode(const char *name) {
     if (!strcmp(name, "tcp")) return TCP;
     if (!strcmp(name, "socketmap")) return SOCKETMAP;
     if (!strcmp(name, "policy")) return POLICY;
+    if (!strcmp(name, "http")) return HTTP;
     fprintf(stderr, "unknown mode %s\n", name);
     exit(2);
 }
 
 /* Length of the complete reply at the start of buf, or 0 if it is not complete yet. */
 static int reply_length(const char *buf, int len) {
+    if (mode == HTTP) { /* a chunked answer ends with the last chunk and no trailers */
+        const char *end = memmem(buf, len, "\r\n0\r\n\r\n", 7);
+        return end ? (int)(end - buf) + 7 : 0;
+    }
     if (mode == TCP) {
         const char *nl = memchr(buf, '\n', len);
         return nl ? (int)(nl - buf) + 1 : 0;
@@ -82,6 +90,7 @@ static int reply_length(const char *buf, int len) {
 }
 
 static int reply_ok(const char *buf, int len) {
+    if (mode == HTTP) return len > 12 && !memcmp(buf, "HTTP/1.1 200", 12);
     if (mode == TCP) return len > 4 && !memcmp(buf, "200 ", 4);
     if (mode == SOCKETMAP) {
         const char *colon = memchr(buf, ':', len);
@@ -97,6 +106,8 @@ static int format_request(char *out, int conn_index, uint64_t seq, long keys, un
     else
         snprintf(key, sizeof key, "u%d-%lu@example.com", conn_index, (unsigned long)seq);
     if (mode == TCP) return sprintf(out, "get %s\n", key);
+    if (mode == HTTP)
+        return sprintf(out, "GET %s?key=%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", http_path, key);
     if (mode == SOCKETMAP) {
         char payload[128];
         int n = snprintf(payload, sizeof payload, "map %s", key);
@@ -188,6 +199,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i - 1], "--warmup")) warmup = atof(v);
         else if (!strcmp(argv[i - 1], "--duration")) duration = atof(v);
         else if (!strcmp(argv[i - 1], "--keys")) keys = atol(v);
+        else if (!strcmp(argv[i - 1], "--path")) http_path = v;
         else { fprintf(stderr, "unknown option %s\n", argv[i - 1]); return 2; }
     }
     signal(SIGPIPE, SIG_IGN);

@@ -4,9 +4,13 @@
 
 Runs the connector with one worker (so that the threads of one process are what is measured)
 against the same nginx as ``run.py``, drives it with ``loadgen`` for 2 s of warm-up and 6 s of
-measurement, and prints each thread's CPU per request: the event loop's ``python`` thread and
-pyreqwest's runtime thread. With ``--py-spy`` (``pip install py-spy``), it also samples the
-event loop's stacks for those 6 s and prints the functions with the most samples of their own.
+measurement, and prints each thread's CPU per request: the event loop's ``python`` thread, and
+pyreqwest's runtime thread when the target needs pyreqwest (the bench's ``http://`` nginx does
+not, since the native client serves it). With ``--py-spy`` (``pip install py-spy``), it also
+samples the event loop's stacks for those 6 s and prints the functions with the most samples of
+their own. py-spy attributes time in C calls to the calling line; on Python 3.11 every
+``asyncio.get_running_loop()`` is a ``getpid`` system call, which it shows far larger than it is
+(``strace -c`` counts one per call; ``perf`` splits kernel, interpreter and uvloop time).
 """
 
 from __future__ import annotations

@@ -59,6 +59,8 @@ http {{
 """
 
 MODES = {"tcp": "tcp-lookup", "socketmap": "socketmap-lookup", "policy": "policy"}
+API_ALONE = "api-alone"
+"""A scenario without the connector: the load generator asks nginx itself (HTTP)."""
 
 
 @dataclass(frozen=True)
@@ -197,17 +199,49 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def run_loadgen(
-    loadgen: Path, *, mode: str, port: int, conns: int, warmup: float, duration: float, keys: int
+    loadgen: Path,
+    *,
+    mode: str,
+    port: int,
+    conns: int,
+    warmup: float,
+    duration: float,
+    keys: int,
+    path: str = "/",
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             str(loadgen),
             *("--mode", mode, "--port", str(port), "--conns", str(conns)),
             *("--warmup", str(warmup), "--duration", str(duration), "--keys", str(keys)),
+            *("--path", path),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def measure_api_alone(
+    loadgen: Path, scenario: Scenario, *, api_port: int, warmup: float, duration: float
+) -> dict[str, Any]:
+    """The load generator straight against nginx: the ceiling the rig allows a connector."""
+    generator = run_loadgen(
+        loadgen,
+        mode="http",
+        port=api_port,
+        conns=scenario.conns,
+        warmup=warmup,
+        duration=duration,
+        keys=0,
+        path=f"/lookup/{scenario.latency_ms}",
+    )
+    out, _ = generator.communicate(timeout=duration + warmup + 60)
+    if generator.returncode != 0:
+        raise RuntimeError(f"loadgen failed for {scenario.name}")
+    result: dict[str, Any] = json.loads(out)
+    if scenario.bound:
+        result["of_bound"] = result["req_per_s"] / scenario.bound
+    return result
 
 
 def measure(
@@ -288,8 +322,10 @@ SCENARIO_SETS = {
         for latency in (0, 30)
         for conns in (100, 1000)
     ]
-    + [Scenario("tcp", 30, 100, hot_keys=100), Scenario("tcp", 30, 100, hot_keys=100, cache=True)],
-    "quick": [Scenario(mode, latency, 100) for mode in MODES for latency in (0, 30)],
+    + [Scenario("tcp", 30, 100, hot_keys=100), Scenario("tcp", 30, 100, hot_keys=100, cache=True)]
+    + [Scenario(API_ALONE, 30, conns) for conns in (100, 1000)],
+    "quick": [Scenario(mode, latency, 100) for mode in MODES for latency in (0, 30)]
+    + [Scenario(API_ALONE, 30, 100)],
     "hotkeys": [
         Scenario("tcp", 30, 100, hot_keys=100),
         Scenario("tcp", 30, 100, hot_keys=100, cache=True),
@@ -312,12 +348,16 @@ def table(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -
 
         bound = f"{scenario.bound:,.0f}" if scenario.bound else "-"
         of_bound = f"{median('of_bound'):.1%}" if scenario.bound else "-"
+        connector = (
+            " | - | - | - | - | -"  # the API alone: no connector to measure
+            if scenario.mode == API_ALONE
+            else f" | {median('cpu_us_per_req'):.1f} | {median('new_api_conns_per_1000'):.2f}"
+            f" | {runs[0]['workers']} | {median('VmRSS'):.0f} | {median('VmHWM'):.0f}"
+        )
         lines.append(
             f"| {scenario.name} | {bound} | {median('req_per_s'):,.0f} | {of_bound}"
             f" | {median('p50_ms'):.2f} | {median('p99_ms'):.2f} | {median('p999_ms'):.2f}"
-            f" | {median('max_ms'):.1f} | {max(run['errors'] for run in runs)}"
-            f" | {median('cpu_us_per_req'):.1f} | {median('new_api_conns_per_1000'):.2f}"
-            f" | {runs[0]['workers']} | {median('VmRSS'):.0f} | {median('VmHWM'):.0f} |"
+            f" | {median('max_ms'):.1f} | {max(run['errors'] for run in runs)}{connector} |"
         )
     return "\n".join(lines)
 
@@ -372,9 +412,20 @@ def main() -> int:
             sources: list[tuple[str, Path | None]] = [("", None)]
             if args.peer_src is not None:
                 sources.insert(0, ("peer ", args.peer_src.resolve()))
-                results.update({f"peer {s.name}": [] for s in scenarios})
+                results.update({f"peer {s.name}": [] for s in scenarios if s.mode != API_ALONE})
             for run in range(args.runs):
                 for scenario in scenarios:
+                    if scenario.mode == API_ALONE:
+                        result = measure_api_alone(
+                            args.loadgen,
+                            scenario,
+                            api_port=api_port,
+                            warmup=args.warmup,
+                            duration=args.duration,
+                        )
+                        results[scenario.name].append(result)
+                        print(f"run {run + 1} {scenario.name}: {json.dumps(result)}", flush=True)
+                        continue
                     for prefix, source in sources:
                         result = measure(
                             args.loadgen,
@@ -398,9 +449,10 @@ def main() -> int:
     if args.peer_src is not None:
         print()
         print(f"peer: {args.peer_src}")
-        print(table(results, [replace(s, peer=True) for s in scenarios]))
+        connector_scenarios = [s for s in scenarios if s.mode != API_ALONE]
+        print(table(results, [replace(s, peer=True) for s in connector_scenarios]))
         print()
-        print(ratios(results, scenarios))
+        print(ratios(results, connector_scenarios))
     return 0
 
 
