@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from feeding import Decoded, replay, split_reads
 from hypothesis import given
 from hypothesis import strategies as st
 
+from feeding import Decoded, replay, split_reads
 from postfix_rest_api_connector.codecs.errors import BadNetstring, FramingError, RequestTooLarge
 from postfix_rest_api_connector.codecs.socketmap import (
     DEFAULT_MAX_REQUEST,

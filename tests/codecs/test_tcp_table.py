@@ -6,10 +6,10 @@ import re
 from collections.abc import Sequence
 
 import pytest
-from feeding import Decoded, replay, replay_sizes
 from hypothesis import given
 from hypothesis import strategies as st
 
+from feeding import Decoded, replay, replay_sizes
 from postfix_rest_api_connector.codecs.errors import FramingError, RequestTooLarge
 from postfix_rest_api_connector.codecs.tcp_table import (
     DEFAULT_MAX_REQUEST,
