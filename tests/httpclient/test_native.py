@@ -33,7 +33,7 @@ from postfix_rest_api_connector.httpclient import (
     open_client,
     uses_native_client,
 )
-from postfix_rest_api_connector.httpclient.native import NativeClient
+from postfix_rest_api_connector.httpclient.native import FALLBACK_DELAY, NativeClient
 from postfix_rest_api_connector.httpclient.reqwest import ReqwestClient
 
 DEADLINE = 5.0
@@ -952,18 +952,26 @@ async def test_user_agent_is_sent_as_utf8_like_pyreqwest() -> None:
         assert b"\r\nUser-Agent: Postfix REST \xe2\x80\x93 prod\r\n" in request.raw
 
 
-async def test_a_compressed_answer_is_refused_not_read_as_json() -> None:
-    """We send ``Accept-Encoding: identity``; a proxy that compresses anyway is an error."""
+@pytest.mark.parametrize(
+    ("coding", "refused"),
+    [("gzip", True), ("identity, br", True), ("identity", False), ("none", False), ("", False)],
+)
+async def test_only_a_compressed_answer_is_refused(coding: str, refused: bool) -> None:
+    """We send ``Accept-Encoding: identity``; a proxy that compresses anyway is an error, while
+    labels that change nothing (``none`` is a known PHP trick) are read as pyreqwest reads them."""
 
     def answer(request: Received) -> None:
         request.reply(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-            b"Content-Length: 2\r\n\r\n[]"
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: %s\r\n"
+            b"Content-Length: 2\r\n\r\n[]" % coding.encode()
         )
 
     async with raw_server(answer) as server, native_client(server.url) as client:
-        with pytest.raises(InvalidResponse):
-            await client.get("key=k", "rid", None)
+        if refused:
+            with pytest.raises(InvalidResponse):
+                await client.get("key=k", "rid", None)
+        else:
+            assert (await client.get("key=k", "rid", None)).body == b"[]"
 
 
 async def test_a_host_the_resolver_refuses_is_a_connect_error() -> None:
@@ -994,3 +1002,35 @@ async def test_a_closed_client_makes_no_request_and_keeps_no_connection() -> Non
             await client.get("key=k", "rid-2", None)
         await server.until(lambda: all(connection.closed for connection in server.connections))
         assert server.received == []
+
+
+async def test_a_slow_first_address_is_raced_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Happy eyeballs: the second address starts after FALLBACK_DELAY while the first still
+    tries; the first to connect wins and the loser is cancelled."""
+    started: list[str] = []
+    never = asyncio.Event()
+
+    async with raw_server() as server, native_client(server.url) as client:
+        real_connect_to = client._connect_to
+
+        async def connect_to(loop: Any, family: int, host: Any, port: Any) -> Any:
+            started.append(host)
+            if host == "192.0.2.1":  # TEST-NET-1: stands for an address that never answers
+                await never.wait()
+            return await real_connect_to(loop, family, "127.0.0.1", port)
+
+        monkeypatch.setattr(client, "_connect_to", connect_to)
+        loop = asyncio.get_running_loop()
+        addresses = [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", server.port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port)),
+        ]
+        began = time.monotonic()
+        connection = await client._first_to_connect(loop, addresses)
+        took = time.monotonic() - began
+        connection.close()
+
+    assert started == ["192.0.2.1", "127.0.0.1"]
+    assert FALLBACK_DELAY <= took < FALLBACK_DELAY + 1.0

@@ -43,6 +43,10 @@ class ConnectionClosed(HttpError):
     """The API closed or reset the connection before its answer was complete."""
 
 
+class InvalidRequest(HttpError):
+    """The HTTP engine refused to build the request."""
+
+
 class InvalidResponse(HttpError):
     """The API's bytes were not an HTTP response."""
 

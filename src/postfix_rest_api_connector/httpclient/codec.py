@@ -120,6 +120,11 @@ def _chunk_size(line: bytes) -> int:
     return int(size, 16)
 
 
+_COMPRESSIONS = frozenset(
+    (b"gzip", b"x-gzip", b"deflate", b"br", b"zstd", b"compress", b"x-compress")
+)
+"""Content codings that change the bytes; others (``identity``, ``none``, unknown labels) are
+read as they come, as pyreqwest passes them through."""
 _FIRST_CHUNK = re.compile(rb"([0-9a-fA-F]{1,8})\r\n")
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_EOF, _DONE = range(8)
 _BODY_STATES = (_LENGTH, _CHUNK_DATA, _UNTIL_EOF)
@@ -245,9 +250,9 @@ class ResponseParser:
             http11 or (b"keep-alive" in fields.connection and not fields.codings)
         )  # RFC 9112 6.1: chunked in an HTTP/1.0 answer means close after it
         self._keep_body = status == 200
-        if self._keep_body and any(coding != b"identity" for coding in fields.content_codings):
+        if self._keep_body and not _COMPRESSIONS.isdisjoint(fields.content_codings):
             # we sent Accept-Encoding: identity; a compressed body is not the API's answer
-            raise HttpProtocolError("unsupported content coding")
+            raise HttpProtocolError("compressed body (Content-Encoding)")
         self._frame_body(status, fields.lengths, fields.codings)
         return end + 4
 

@@ -10,7 +10,7 @@ pyreqwest (``httpclient.open_client`` chooses).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from socket import SOCK_STREAM
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -43,7 +43,7 @@ _FORM_HEADER = b"Content-Type: application/x-www-form-urlencoded\r\n"
 TICK = 0.05
 """Seconds between deadline checks: a timeout fires at most twice this late."""
 FALLBACK_DELAY = 0.3
-"""Seconds a connection attempt gets before the next address is tried, as hyper does."""
+"""Seconds before the next address is tried alongside (hyper waits 300 ms too)."""
 
 
 class _StaleConnection(HttpError):
@@ -132,6 +132,11 @@ class _Connection(asyncio.Protocol):
         self, loop: asyncio.AbstractEventLoop, payload: bytes, deadline: float, max_body: int
     ) -> asyncio.Future[HttpResponse]:
         assert self._transport is not None
+        if self.closed or self._transport.is_closing():
+            # closed by the API between connecting and now: nothing was sent
+            waiter = loop.create_future()
+            waiter.set_exception(ConnectionClosed("API closed the connection before the request"))
+            return waiter
         waiter = self._waiter = loop.create_future()
         self._parser = ResponseParser(max_body)
         self._slot = self._deadlines.add(self, deadline)
@@ -219,6 +224,8 @@ class _Connection(asyncio.Protocol):
 
 
 _Pending = Coroutine[Any, Any, HttpResponse]
+_AddressInfo = tuple[Any, Any, Any, Any, Any]
+"""One ``getaddrinfo`` entry: family, type, protocol, canonical name, address."""
 
 
 class NativeClient:
@@ -227,7 +234,12 @@ class NativeClient:
     def __init__(self, settings: ClientSettings) -> None:
         # pyreqwest's URL parser, so that both engines send the same Host and path
         parts = urlsplit(str(Url(settings.target)))
-        if parts.scheme != "http" or parts.hostname is None or parts.username:
+        if (
+            parts.scheme != "http"
+            or parts.hostname is None
+            or parts.username is not None
+            or parts.password is not None
+        ):
             raise ValueError("the native client serves plain http:// targets without user info")
         self._host = parts.hostname
         self._port = parts.port or 80
@@ -236,7 +248,7 @@ class NativeClient:
         )
         self._get_prefix = self._post_target + (b"&" if parts.query else b"?")
         headers = [
-            ("Host", parts.netloc),
+            ("Host", _host_header(parts.hostname, parts.port)),
             ("User-Agent", settings.user_agent),
             ("Accept", "application/json" if settings.accept_json else "*/*"),
             ("Accept-Encoding", "identity"),  # bodies are read as they come: no compression
@@ -305,28 +317,15 @@ class NativeClient:
         return None
 
     async def _connect(self, deadline: float) -> _Connection:
-        """Each address in turn, as the resolver orders them; all but the last get at most
-        ``FALLBACK_DELAY``, so an unreachable IPv6 address does not eat the whole timeout."""
         if self._closed:
             raise ConnectionClosed("the client is closed")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
                 addresses = await loop.getaddrinfo(self._host, self._port, type=SOCK_STREAM)
-            for index, (family, _, _, _, address) in enumerate(addresses):
-                last = index == len(addresses) - 1
-                attempt_deadline = deadline if last else min(deadline, loop.time() + FALLBACK_DELAY)
-                try:
-                    async with asyncio.timeout_at(attempt_deadline):
-                        _, connection = await loop.create_connection(
-                            lambda: _Connection(self, self._deadlines),
-                            *cast(tuple[str, int], address[:2]),
-                            family=family,
-                        )
-                    break
-                except (TimeoutError, OSError):
-                    if last or loop.time() >= deadline:
-                        raise
+                if not addresses:
+                    raise ConnectError("API host has no address")
+                connection = await self._first_to_connect(loop, addresses)
         except TimeoutError:
             raise RequestTimeout("API did not answer in time") from None
         except (OSError, UnicodeError, ValueError) as error:
@@ -338,6 +337,49 @@ class NativeClient:
             connection.close()
             raise ConnectionClosed("the client is closed")
         self._connections.add(connection)
+        return connection
+
+    async def _first_to_connect(
+        self, loop: asyncio.AbstractEventLoop, addresses: Sequence[_AddressInfo]
+    ) -> _Connection:
+        """Happy eyeballs, simply (RFC 8305 section 5): the addresses in the resolver's order,
+        each started ``FALLBACK_DELAY`` after the one before or as soon as it fails, none cut
+        short; the first connection made wins and any other is closed."""
+        attempts: set[asyncio.Task[_Connection]] = set()
+        waiting = list(addresses)
+        error: BaseException = OSError("no address could be reached")
+        try:
+            while True:
+                if waiting:
+                    family, _, _, _, address = waiting.pop(0)
+                    attempts.add(
+                        loop.create_task(self._connect_to(loop, family, address[0], address[1]))
+                    )
+                done, attempts = await asyncio.wait(
+                    attempts,
+                    timeout=FALLBACK_DELAY if waiting else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                connected = [attempt.result() for attempt in done if attempt.exception() is None]
+                for attempt in done:
+                    error = attempt.exception() or error
+                for extra in connected[1:]:
+                    extra.close()  # two made it in the same round: one is enough
+                if connected:
+                    return connected[0]
+                if not attempts and not waiting:
+                    raise error
+        finally:
+            for attempt in attempts:
+                attempt.cancel()
+                attempt.add_done_callback(_close_if_connected)
+
+    async def _connect_to(
+        self, loop: asyncio.AbstractEventLoop, family: int, host: Any, port: Any
+    ) -> _Connection:
+        _, connection = await loop.create_connection(
+            lambda: _Connection(self, self._deadlines), host, port, family=family
+        )
         return connection
 
     def release(self, connection: _Connection) -> None:
@@ -380,6 +422,18 @@ class NativeClient:
         self._idle.clear()
         for connection in list(self._connections):
             connection.close()
+
+
+def _host_header(hostname: str, port: int | None) -> str:
+    """From the parsed host and port only: nothing of any user info can reach it."""
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    return host if port is None else f"{host}:{port}"
+
+
+def _close_if_connected(attempt: asyncio.Task[_Connection]) -> None:
+    """A losing attempt that connected all the same is closed, never leaked."""
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
 
 
 def _header_line(name: str, value: str) -> bytes:

@@ -16,6 +16,7 @@ from .base import (
     ConnectError,
     ConnectionClosed,
     HttpError,
+    InvalidRequest,
     InvalidResponse,
     RequestTimeout,
     ResponseTooLarge,
@@ -32,7 +33,10 @@ class ReqwestClient:
 
     def __init__(self, settings: ClientSettings) -> None:
         self._target = settings.target
-        self._query_prefix = settings.target + ("&" if "?" in settings.target else "?")
+        target = settings.target
+        self._query_prefix = target + (
+            "" if target.endswith(("?", "&")) else "&" if "?" in target else "?"
+        )
         self._max_body = settings.max_body_bytes
         headers = {"Accept": "application/json"} if settings.accept_json else {}
         if settings.token is not None:
@@ -87,6 +91,9 @@ class ReqwestClient:
                 )
         except PyreqwestError as error:
             raise _http_error(error) from None
+        except (ValueError, OverflowError):
+            # pyreqwest refusing to build the request (a header value, a duration)
+            raise InvalidRequest("the request could not be built") from None
 
     async def close(self) -> None:
         await self._client.close()
