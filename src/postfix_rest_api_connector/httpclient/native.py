@@ -47,8 +47,8 @@ FALLBACK_DELAY = 0.3
 
 
 class _StaleConnection(HttpError):
-    """A reused connection ended before any byte of the answer: the server closed it while idle,
-    so the request never reached it and is sent again on another connection."""
+    """A reused connection ended before any byte of the answer, most likely closed by the
+    server while idle: a GET is sent once more on a new connection, a POST fails."""
 
 
 class _Deadlines:
