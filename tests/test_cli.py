@@ -231,6 +231,38 @@ async def test_signal_drains_in_flight_request_then_exits_0(
     assert connector.lines[-1].endswith(" stopped"), connector.stderr
 
 
+async def test_a_second_signal_exits_1_without_waiting(
+    tmp_path: Path, spawn: Spawn, api: FakeApi
+) -> None:
+    """The drain is cut short, so the stop is not reported as clean (workers do the same)."""
+    received = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stalled(_: web.Request) -> web.StreamResponse:
+        received.set()
+        await release.wait()
+        return web.json_response(["value"])
+
+    api.handler = stalled
+    endpoint = tcp_endpoint(f"{api.url}/lookup")
+    config = write_config(tmp_path, {"shutdown-timeout": 60_000, "endpoints": [endpoint]})
+    connector = await spawn(str(config))
+    port = await connector.port()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"get k\n")
+        await asyncio.wait_for(received.wait(), DEADLINE)
+        connector.process.send_signal(signal.SIGTERM)
+        await connector.expect(re.compile(r"stopping: "))
+        connector.process.send_signal(signal.SIGINT)
+        assert await connector.finish() == 1, connector.stderr
+        assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # never answered
+    finally:
+        release.set()
+        writer.close()
+    assert "second SIGINT: exiting without waiting" in connector.stderr
+
+
 async def test_sigterm_right_after_first_listening_line_exits_0(
     tmp_path: Path, spawn: Spawn
 ) -> None:

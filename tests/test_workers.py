@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from conftest import (
     DEADLINE,
@@ -237,3 +238,36 @@ async def test_each_worker_has_its_metrics_listener(
             writer.close()
         connector.process.send_signal(signal.SIGTERM)
         assert await connector.finish() == 0
+
+
+async def test_a_second_signal_kills_the_workers_and_exits_1(
+    api: FakeApi, tmp_path: Path, spawn: Spawn
+) -> None:
+    """As a single process does: a drain cut short by a second signal is not a clean stop."""
+    received = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stalled(_: web.Request) -> web.StreamResponse:
+        received.set()
+        await release.wait()
+        return web.json_response(["v"])
+
+    api.handler = stalled
+    with reserved_ports() as (port,):
+        config = two_workers(tmp_path, api, port, **{"shutdown-timeout": 60_000})
+        connector = await start(spawn, config)
+        for _ in range(2):
+            await connector.expect(re.compile(r"listening on"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"get k\n")
+            await asyncio.wait_for(received.wait(), DEADLINE)
+            connector.process.send_signal(signal.SIGTERM)
+            await connector.expect(re.compile(r"stopping: answering requests already received"))
+            connector.process.send_signal(signal.SIGTERM)
+            assert await connector.finish() == 1, connector.stderr
+            assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # never answered
+        finally:
+            release.set()
+            writer.close()
+    assert "second SIGTERM: stopping the workers at once" in connector.stderr

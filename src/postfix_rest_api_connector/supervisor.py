@@ -79,7 +79,8 @@ class Supervisor:
         self._status = 0
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT and every worker has drained; the exit status."""
+        """Serve until SIGTERM/SIGINT and every worker has drained; the exit status (0 only if
+        every worker exited 0, so a second signal that kills them gives 1)."""
         with tempfile.TemporaryDirectory(prefix="prac-") as directory:
             notify_path = str(Path(directory) / "notify")
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as inbox:
@@ -132,6 +133,8 @@ class Supervisor:
                 self._reload()
                 continue
             if self._stopping:
+                # reaped below with a non-zero status, so the exit status is 1, as a single
+                # process's: requests cut short are not a clean stop
                 log.warning("second %s: stopping the workers at once", signal.Signals(signum).name)
                 self._forward(signal.SIGKILL)
                 continue
@@ -194,18 +197,28 @@ class Supervisor:
             if child is None:
                 continue
             child.pid, child.ready = 0, False
+            code = os.waitstatus_to_exitcode(status)
             if not child.ever_ready and not self._stopping:
                 # it never started (a port taken, say): like a single process, give up
                 log.error("worker %d could not start; stopping", child.index)
-                self._status = os.waitstatus_to_exitcode(status) or 1
+                self._status = code or 1
                 self._stopping = True
                 self._forward(signal.SIGTERM)
-            elif not self._stopping:
+            elif self._stopping:
+                if code != 0:  # killed by a second signal, or it failed while draining
+                    log.warning(
+                        "worker %d (pid %d) exited with status %d while stopping",
+                        child.index,
+                        pid,
+                        code,
+                    )
+                    self._status = self._status or 1
+            else:
                 log.error(
                     "worker %d (pid %d) exited with status %d; restarting it",
                     child.index,
                     pid,
-                    os.waitstatus_to_exitcode(status),
+                    code,
                 )
         if not self._stopping:
             for child in self._children:
