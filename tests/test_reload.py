@@ -288,6 +288,79 @@ async def test_metrics_listener_follows_the_config(api: FakeApi, tmp_path: Path)
             await asyncio.open_connection(host, port)
 
 
+async def readyz(address: tuple[str, int]) -> bytes:
+    """The admin listener's ``/readyz`` answer, whole."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
+        return await asyncio.wait_for(reader.read(), DEADLINE)
+    finally:
+        writer.close()
+
+
+async def test_metrics_listener_that_cannot_listen_rolls_the_reload_back(
+    api: FakeApi, second_api: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As for an endpoint: the old listener and endpoints stay, and the next reload tries again."""
+    api.answer_json(["first"])
+    path = tmp_path / "config.json"
+    write(path, tcp("lookup", api.url), metrics={"bind-port": 0})
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        async with daemon_from(path) as daemon:
+            assert daemon.admin is not None
+            old_admin, old_address = daemon.admin, daemon.admin.addresses[0]
+            write(path, tcp("lookup", second_api), metrics={"bind-port": port})
+            with caplog.at_level(logging.ERROR):
+                assert not await daemon.reload()
+            assert f"reload: metrics: cannot listen on 127.0.0.1:{port}" in caplog.text
+            assert daemon.admin is old_admin
+            assert (await readyz(old_address)).endswith(b"\r\n\r\nready\n")
+            client = await Client.connect(address_of(daemon, "lookup"))
+            assert await client.get("k") == b"200 first\n"  # the old endpoint
+            client.close()
+
+            taken.close()  # the same file again, now that the port is free
+            assert await daemon.reload()
+            assert daemon.admin.addresses == [("127.0.0.1", port)]
+            assert (await readyz(("127.0.0.1", port))).endswith(b"ready\n")
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection(*old_address)
+            client = await Client.connect(address_of(daemon, "lookup"))
+            assert await client.get("k") == b"200 second\n"
+            client.close()
+            assert daemon.reloads == {"failed": 1, "ok": 1}
+    finally:
+        taken.close()
+
+
+async def test_metrics_listener_moves_to_another_address_on_its_port(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    """The old listener is in the way of the new one on the same port: it gives way, and comes
+    back if the new one still cannot listen (the port is taken on another address)."""
+    path = tmp_path / "config.json"
+    write(path, tcp("lookup", api.url), metrics={"bind-port": 0})
+    async with daemon_from(path) as daemon:
+        assert daemon.admin is not None
+        _, port = daemon.admin.addresses[0]
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.2", port))
+            taken.listen()
+            write(
+                path, tcp("lookup", api.url), metrics={"bind-address": "0.0.0.0", "bind-port": port}
+            )
+            assert not await daemon.reload()
+            assert daemon.admin.addresses == [("127.0.0.1", port)]
+            assert (await readyz(("127.0.0.1", port))).endswith(b"ready\n")
+        assert await daemon.reload()
+        assert daemon.admin.addresses == [("0.0.0.0", port)]
+        assert (await readyz(("127.0.0.1", port))).endswith(b"ready\n")
+
+
 # A real SIGHUP to the daemon in a child process
 
 

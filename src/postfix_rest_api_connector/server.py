@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, ConfigError, EndpointConfig, load_config
+from .config import Config, ConfigError, EndpointConfig, MetricsConfig, load_config
 from .endpoint import Endpoint, listen_key
 from .supervisor import Worker
 from .systemd import notify
@@ -64,14 +64,13 @@ class Daemon:
         """Each worker has its own admin listener, on the configured port plus its index."""
         if config.metrics is None:
             return None
+        port = config.metrics.bind_port + self._worker.index
+        return self._admin_on(config.metrics.model_copy(update={"bind_port": port}))
+
+    def _admin_on(self, config: MetricsConfig) -> AdminServer:
         from .metrics import AdminServer  # noqa: PLC0415 - aiohttp: 12 MiB per worker, only if used
 
-        port = config.metrics.bind_port + self._worker.index
-        return AdminServer(
-            config.metrics.model_copy(update={"bind_port": port}),
-            self,
-            shared_port=self._worker.count > 1,
-        )
+        return AdminServer(config, self, shared_port=self._worker.count > 1)
 
     @property
     def ready(self) -> bool:
@@ -90,10 +89,7 @@ class Daemon:
                 await self.admin.start()
             except OSError as error:
                 await self.stop()
-                where = f"{self.admin.config.bind_address}:{self.admin.config.bind_port}"
-                raise StartupError(
-                    f"metrics: cannot listen on {where}: {error.strerror or error}"
-                ) from None
+                raise StartupError(_metrics_cannot_listen(self.admin, error)) from None
 
     async def run(self, announce: Callable[[Daemon], None] | None = None) -> None:
         """Start, serve until SIGTERM or SIGINT, then drain; a second signal exits at once.
@@ -213,6 +209,7 @@ class Daemon:
                     raise _ReloadFailed(_cannot_listen(f"endpoints[{index}]", endpoint, error))  # noqa: B904
                 if predecessor is not None:
                     handed_over.add(predecessor)
+            admin = await self._next_admin(new)  # last: nothing that can fail comes after it
         except Exception as error:  # noqa: BLE001 - whatever failed, roll back what started
             log.error("reload: %s; still running the previous config", error)  # noqa: TRY400
             for endpoint in started.values():
@@ -235,7 +232,7 @@ class Daemon:
             endpoint.stop_accepting(keep_socket_file=endpoint in handed_over)
             self._in_background(endpoint.stop(grace))
         self.endpoints = [kept.get(c.name) or started[c.name] for c in served]
-        metrics_applied = await self._reconfigure_admin(new)
+        await self._switch_admin(admin)
         self.config = new
         log.info(
             "reloaded: %d endpoint(s) unchanged, %d started, %d stopped",
@@ -243,24 +240,51 @@ class Daemon:
             len(started),
             len(retiring),
         )
-        return metrics_applied
+        return True
 
-    async def _reconfigure_admin(self, new: Config) -> bool:
+    async def _next_admin(self, new: Config) -> AdminServer | None:
+        """The admin listener for ``new``: the running one if its config is the same, else a new
+        one, started while the old one still serves, as a new endpoint is; if it cannot listen,
+        ``_ReloadFailed`` and the old one serves on.
+
+        Only an old listener on the same port (the address changed) is stopped first, since it
+        may be what is in the way; it listens again if the new one still cannot.
+        """
         if new.metrics == self.config.metrics:
-            return True
-        if self.admin is not None:
-            await self.admin.stop()
-            self.admin = None
+            return self.admin
         admin = self._admin(new)
         if admin is None:
-            return True
+            return None
         try:
             await admin.start()
         except OSError as error:
-            log.error("reload: metrics: cannot listen: %s; metrics are off", error)  # noqa: TRY400
-            return False
+            old = self.admin
+            if old is None or admin.config.bind_port not in {port for _, port in old.addresses}:
+                raise _ReloadFailed(_metrics_cannot_listen(admin, error)) from None
+        else:
+            return admin
+        port = admin.config.bind_port
+        await old.stop()
+        self.admin = None
+        admin = self._admin_on(admin.config)
+        try:
+            await admin.start()
+        except OSError as error:
+            problem = _metrics_cannot_listen(admin, error)
+            self.admin = self._admin_on(old.config.model_copy(update={"bind_port": port}))
+            try:
+                await self.admin.start()
+            except OSError as again:
+                self.admin = None
+                problem += f"; and the previous one cannot listen again: {again}; metrics are off"
+            raise _ReloadFailed(problem) from None
+        return admin
+
+    async def _switch_admin(self, admin: AdminServer | None) -> None:
+        """Commit ``_next_admin``'s choice: the old listener, if it was not kept, stops."""
+        if admin is not self.admin and self.admin is not None:
+            await self.admin.stop()
         self.admin = admin
-        return True
 
     def _status(self) -> str:
         return f"serving {len(self.endpoints)} endpoint(s)"
@@ -288,6 +312,11 @@ def _cannot_listen(where: str, endpoint: Endpoint, error: OSError) -> str:
         f"{where} ({endpoint.config.name}): cannot listen on {endpoint.config.listen_description}:"
         f" {error.strerror or error}"
     )
+
+
+def _metrics_cannot_listen(admin: AdminServer, error: OSError) -> str:
+    where = f"{admin.config.bind_address}:{admin.config.bind_port}"
+    return f"metrics: cannot listen on {where}: {error.strerror or error}"
 
 
 def _predecessor(
