@@ -271,3 +271,47 @@ async def test_a_second_signal_kills_the_workers_and_exits_1(
             release.set()
             writer.close()
     assert "second SIGTERM: stopping the workers at once" in connector.stderr
+
+
+async def test_a_restarted_worker_starts_from_the_config_the_workers_run(
+    api: FakeApi,
+    tmp_path: Path,
+    spawn: Spawn,
+    notifications: tuple[str, asyncio.Queue[bytes]],
+) -> None:
+    """Not from a reload the workers rejected (a port taken), but from one they applied."""
+    notify_path, queue = notifications
+    api.answer_json(["v"])
+    first_listener = re.compile(r"endpoint \S+ \(tcp-lookup\) listening on|cannot listen on")
+    with reserved_ports(2) as (port, added_port), socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        connector = await start(spawn, two_workers(tmp_path, api, port), notify_path)
+        assert (await next_notification(queue)).startswith(b"READY=1")
+
+        async def reload_then_restart_a_worker(*endpoints: dict[str, Any]) -> str:
+            """Reload with ``endpoints``, kill a worker: what its successor first listens on."""
+            write_config(tmp_path, {"workers": 2, "endpoints": list(endpoints)})
+            connector.process.send_signal(signal.SIGHUP)
+            assert (await next_notification(queue)).startswith(b"RELOADING=1")
+            assert (await next_notification(queue)).startswith(b"READY=1")
+            for _ in range(2):  # each worker's outcome
+                await connector.expect(re.compile(r"reload(ed)?: "))
+            victim = worker_pids(connector.process.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            await connector.expect(re.compile(rf"\(pid {victim}\) exited with status -9"))
+            first = (await connector.expect(first_listener))[0]
+            assert {await tcp_get(port, f"k{i}") for i in range(16)} == {b"200 v\n"}
+            return first
+
+        lookup = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        clash = {**lookup, "name": "clash", "bind-port": taken.getsockname()[1]}
+        first = await reload_then_restart_a_worker(clash, lookup)
+        assert first == "endpoint test-tcp-lookup (tcp-lookup) listening on", connector.stderr
+        added = {**lookup, "name": "added", "bind-port": added_port}
+        first = await reload_then_restart_a_worker(added, lookup)
+        assert first == "endpoint added (tcp-lookup) listening on", connector.stderr
+        assert await tcp_get(added_port, "k") == b"200 v\n"
+        connector.process.send_signal(signal.SIGTERM)
+        assert await connector.finish() == 0
+    assert "worker 0 kept its previous config" in connector.stderr

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config, ConfigError, EndpointConfig, MetricsConfig, load_config
 from .endpoint import Endpoint, listen_key
-from .supervisor import Worker
+from .supervisor import RELOAD_RESULT, Worker
 from .systemd import notify
 
 if TYPE_CHECKING:
@@ -176,8 +176,12 @@ class Daemon:
                 except Exception:
                     log.exception("reload: unexpected error before any change; nothing changed")
                     applied = False
-            self.reloads["ok" if applied else "failed"] += 1
-            notify(f"READY=1\nSTATUS={self._status()}")
+            result = "ok" if applied else "failed"
+            self.reloads[result] += 1
+            ready = f"READY=1\nSTATUS={self._status()}"
+            if self._worker.count > 1:  # the supervisor restarts a worker from what it runs
+                ready += f"\n{RELOAD_RESULT}={result}"
+            notify(ready)
             return applied
 
     async def _apply(self, new: Config) -> bool:

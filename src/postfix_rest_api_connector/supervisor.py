@@ -34,6 +34,8 @@ RESPAWN_DELAY = 1.0
 _CREDENTIALS = struct.calcsize("3i")
 _PR_SET_PDEATHSIG = 1
 _FORWARDED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+RELOAD_RESULT = "X_RELOAD"
+"""A worker's ``READY=1`` after a reload says ``X_RELOAD=ok`` or ``X_RELOAD=failed``."""
 
 
 def _stop_with_parent(supervisor: int) -> None:
@@ -56,6 +58,11 @@ class Worker:
 @dataclass(slots=True)
 class _Child:
     index: int
+    config: Config
+    """What the worker runs: its start's config, or its last reload's if it applied it; so
+    what it restarts from."""
+    reloading: Config | None = None
+    """The config of a reload it has not yet said it applied or rejected."""
     pid: int = 0
     ready: bool = False
     ever_ready: bool = False
@@ -69,10 +76,9 @@ class Supervisor:
     """Forks the workers and keeps them running until told to stop."""
 
     def __init__(self, config: Config, path: str, count: int, worker_main: WorkerMain) -> None:
-        self._config = config
         self._path = path
         self._worker_main = worker_main
-        self._children = [_Child(index) for index in range(count)]
+        self._children = [_Child(index, config) for index in range(count)]
         self._stopping = False
         self._signals: list[int] = []
         self._announced = False
@@ -144,16 +150,19 @@ class Supervisor:
             self._forward(signal.SIGTERM)
 
     def _reload(self) -> None:
-        """Every worker reloads the file itself; a worker restarted later starts from it too."""
+        """Every worker reloads the file itself and says whether it applied it: a worker that
+        could not (a port taken, say) runs the previous config, and restarts from that one too."""
         if self._stopping:
             return
-        # if invalid, each worker logs the problems; a restarted worker uses the last valid one
-        with contextlib.suppress(ConfigError):
-            self._config = load_config(self._path)
+        try:
+            new: Config | None = load_config(self._path)
+        except ConfigError:
+            new = None  # each worker logs the problems and keeps its config
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         self._announced = False
         for child in self._children:
             child.ready = False
+            child.reloading = new  # one not running now is asked once restarted (_spawn)
         self._forward(signal.SIGHUP)
 
     def _forward(self, signum: int) -> None:
@@ -177,10 +186,22 @@ class Supervisor:
                 ),
                 0,
             )
-            if b"READY=1" in data.split(b"\n"):
-                for child in self._children:
-                    if child.pid == pid:
-                        child.ready = child.ever_ready = True
+            child = next((c for c in self._children if c.pid and c.pid == pid), None)
+            if child is None:
+                continue
+            fields = data.split(b"\n")
+            if b"READY=1" in fields:
+                child.ready = child.ever_ready = True
+            if f"{RELOAD_RESULT}=ok".encode() in fields:
+                child.config = child.reloading or child.config
+                child.reloading = None
+            elif f"{RELOAD_RESULT}=failed".encode() in fields:
+                if child.reloading is not None:  # else the file was invalid: the worker said so
+                    log.warning(
+                        "worker %d kept its previous config, which it restarts from if it dies",
+                        child.index,
+                    )
+                child.reloading = None
         if not self._announced and not self._stopping and all(c.ready for c in self._children):
             self._announced = True
             notify(f"READY=1\nSTATUS=serving with {len(self._children)} workers")
@@ -239,6 +260,8 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
             if pid > 0:
                 child.pid = pid
+                if child.reloading is not None:  # a reload it missed: it runs it once started
+                    os.kill(pid, signal.SIGHUP)
             return
         # the worker: default signal handling, its own notify target, then the normal daemon
         status = 1
@@ -249,7 +272,7 @@ class Supervisor:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
             os.environ["NOTIFY_SOCKET"] = notify_path
-            status = self._worker_main(self._config, Worker(child.index, len(self._children)))
+            status = self._worker_main(child.config, Worker(child.index, len(self._children)))
         except SystemExit as exit_:
             status = exit_.code if isinstance(exit_.code, int) else 1
         except BaseException:
