@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from conftest import FakeApi, endpoint_address, endpoint_config, running_connector
+from conftest import FakeApi, endpoint_address, endpoint_config, running_connector, write_config
+from postfix_rest_api_connector.config import load_config
+from postfix_rest_api_connector.server import Daemon
 
 DEADLINE = 10.0
 REQUEST_TIMEOUT = 1000
@@ -72,9 +74,8 @@ def _issue(directory: Path, name: str, subject_alt_name: str) -> KeyPair:
     return KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
+def _make_ca(directory: Path) -> Path:
+    """A self-signed CA, ``ca.crt`` and ``ca.key`` in ``directory``."""
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
         "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-sha256", "-subj", "/CN=Test CA",
@@ -82,6 +83,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         cwd=directory,
     )  # fmt: skip
+    return directory / "ca.crt"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    _make_ca(directory)
     return Pki(
         ca_cert=directory / "ca.crt",
         server=_issue(directory, "server", "IP:127.0.0.1"),
@@ -182,3 +190,37 @@ async def test_the_system_trust_store_is_used(pki: Pki, monkeypatch: pytest.Monk
         async with running_connector(endpoint_config("tcp-lookup", f"{api.url}/lookup")) as daemon:
             reply = await ask("tcp-lookup", endpoint_address(daemon), "alice@example.com")
     assert reply == FOUND["tcp-lookup"]
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA that signed nothing the tests serve: trusting only it, every handshake fails."""
+    return _make_ca(tmp_path_factory.mktemp("other-ca"))
+
+
+async def test_a_ca_file_rotated_in_place_is_used_after_a_reload(
+    pki: Pki, other_ca: Path, tmp_path: Path
+) -> None:
+    """The same path with new certificates is a changed endpoint (its HTTP client is rebuilt);
+    the same certificates again leave it untouched."""
+    ca_file = tmp_path / "ca.pem"
+    shutil.copyfile(other_ca, ca_file)
+    async with tls_api(pki.server) as api:
+        api.answer_json(["value"])
+        endpoint = endpoint_config(
+            "tcp-lookup", f"{api.url}/lookup", **{"tls-ca-file": str(ca_file)}
+        )
+        path = write_config(tmp_path, {"endpoints": [endpoint]})
+        daemon = Daemon(load_config(path), path)
+        await daemon.start()
+        try:
+            address = endpoint_address(daemon)
+            assert reply_code("tcp-lookup", await ask("tcp-lookup", address, "k")) == b"400"
+            shutil.copyfile(pki.ca_cert, ca_file)  # the same file, new contents
+            assert await daemon.reload()
+            assert await ask("tcp-lookup", address, "k") == FOUND["tcp-lookup"]
+            rebuilt = daemon.endpoints[0]
+            assert await daemon.reload()
+            assert daemon.endpoints[0] is rebuilt
+        finally:
+            await daemon.stop()

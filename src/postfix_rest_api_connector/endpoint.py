@@ -100,9 +100,14 @@ def backend_settings(config: EndpointConfig, user_agent: str, token: str | None)
         accept_json=config.mode != "policy",
         timeout=config.request_timeout / 1000,
         max_body_bytes=config.max_response_bytes,
-        ca_pem=config.tls_ca_file.read_bytes() if config.tls_ca_file is not None else None,
+        ca_pem=_read_ca_file(config),
     )
     return BackendSettings(http, config.list_separator)
+
+
+def _read_ca_file(config: EndpointConfig) -> bytes | None:
+    """The ``tls-ca-file`` certificates, read now."""
+    return config.tls_ca_file.read_bytes() if config.tls_ca_file is not None else None
 
 
 def service_settings(config: EndpointConfig) -> ServiceSettings:
@@ -144,7 +149,10 @@ class Endpoint:
         self._shared_port = shared_port
         """Other workers listen on the same TCP port (``SO_REUSEPORT``)."""
         self._token = config.token()
-        self._backend = RestBackend(backend_settings(config, user_agent, self._token))
+        settings = backend_settings(config, user_agent, self._token)
+        self._ca_pem = settings.http.ca_pem
+        """What a reload compares: a CA file rotated in place keeps its path, not its contents."""
+        self._backend = RestBackend(settings)
         self.service = EndpointService(config.name, self._backend, service_settings(config))
         self.answered: Counter[type] = Counter()
         """Replies sent, by outcome type."""
@@ -164,11 +172,12 @@ class Endpoint:
         return listen_key(self.config)
 
     def configured_as(self, config: EndpointConfig, user_agent: str) -> bool:
-        """Whether a reload may keep this endpoint as it is (the token file re-read included)."""
+        """Whether a reload may keep this endpoint as it is (the token and CA files re-read)."""
         return (
             config == self.config
             and user_agent == self.user_agent
             and (config.token() == self._token)
+            and _read_ca_file(config) == self._ca_pem
         )
 
     async def start(self, inherited: list[socket.socket] | None = None) -> None:
