@@ -40,9 +40,10 @@ class Exchange:
     new_decoder: Callable[[], Decoder]
     answer_now: Callable[[Request], bytes | None]
     """The reply when it needs no waiting (a malformed request, a cache hit), else ``None``."""
-    answer: Callable[[Request], Coroutine[Any, Any, bytes]]
+    ask: Callable[[Request], Coroutine[Any, Any, Outcome]]
+    """The service's answer, for a request ``answer_now`` left to wait for."""
     reply: Callable[[Outcome], bytes]
-    """The mode's reply table, for errors the connection itself detects."""
+    """The mode's reply table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,8 @@ class ConnectionTracker:
 
     async def drain(self, grace: float) -> None:
         """Answer what each connection has received, then close; abort the rest after ``grace``."""
+        if not self.open:
+            return
         for connection in list(self.open):
             connection.drain()
         try:
@@ -217,7 +220,7 @@ class Connection(asyncio.Protocol):
         """Writes the reply as soon as it is known, in this task's own step (a done callback
         would wait for the loop's next round, behind every other connection's reads)."""
         try:
-            reply = await self._exchange.answer(request)
+            reply = self._exchange.reply(await self._exchange.ask(request))
             self._in_flight = None
             if self._transport is None or self._transport.is_closing():
                 return
