@@ -64,14 +64,17 @@ def encode_request(method: bytes, target: bytes, headers: bytes, body: bytes | N
 
 _HEAD_PATTERN = re.compile(
     rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\r\n\x00]*)?\r\n"
-    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*\r\n)*"
+    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*+\r\n)*+"
 )
-"""A status line and header lines (RFC 9112 section 4, 5): no folding, no space before a colon."""
+"""A status line and header lines (RFC 9112 section 4, 5): no folding, no space before a colon.
+Possessive repeats: a line never needs to give back a byte, and not offering to is faster."""
 _FIELD_PATTERN = re.compile(
     rb"\n(content-length|transfer-encoding|connection|content-type|cache-control|content-encoding):"
-    rb"[ \t]*([^\r\n]*?)[ \t]*\r"
+    rb"[ \t]*+([^\r\n]*+)\r"
 )
-"""In a lower-cased head: the fields that frame the body or that the REST contract reads."""
+"""In a lower-cased head: the fields that frame the body or that the REST contract reads. The
+value keeps its trailing blanks (``_fields`` strips them): a lazy repeat that left them out cost
+twice as much."""
 
 
 @dataclass(slots=True)
@@ -88,7 +91,8 @@ def _fields(head: bytes) -> _Fields:
     """Field names and these values are case-insensitive, so the head is read lower-cased."""
     fields = _Fields(set(), [], [], None, None, [])
     cache_control: list[bytes] = []
-    for name, value in _FIELD_PATTERN.findall(head.lower()):
+    for name, padded in _FIELD_PATTERN.findall(head.lower()):
+        value = padded.rstrip(b" \t")
         if name == b"content-length":
             fields.lengths.update(_split_list(value))
         elif name == b"transfer-encoding":
