@@ -406,6 +406,13 @@ def main() -> int:
         tmp = Path(directory)
         nginx, api_port = start_nginx(tmp)
         try:
+            build = subprocess.run(
+                [sys.executable, "-m", "postfix_rest_api_connector", "--version"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            print("connector:", build, flush=True)
             capacity = loadgen_capacity(args.loadgen, args.duration)
             print("load generator against a stub:", json.dumps(capacity), flush=True)
             results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
@@ -443,7 +450,8 @@ def main() -> int:
         finally:
             nginx.terminate()
             nginx.wait()
-    args.results.write_text(json.dumps({"loadgen": capacity, "results": results}, indent=1))
+    document = {"connector": build, "loadgen": capacity, "results": results}
+    args.results.write_text(json.dumps(document, indent=1))
     print()
     print(table(results, scenarios))
     if args.peer_src is not None:

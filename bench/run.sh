@@ -2,11 +2,14 @@
 # The benchmark suite, one command: installs nginx with the echo module (the fake API) and the
 # connector, builds the load generator, runs every scenario 3 times and prints the table of
 # medians. Run it on an otherwise idle machine. Arguments go to bench/run.py
-# (--scenarios quick|all|hotkeys, --runs N, --duration S, --warmup S).
+# (--scenarios quick|all|hotkeys, --runs N, --duration S, --warmup S, --peer-src DIR).
+# The connector measured is the one production installs, the request path compiled with mypyc
+# (.venv-compiled); `--peer-src src` runs this checkout's interpreted code beside it.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 cd "$ROOT"
-ensure_venv
+VENV=$ROOT/.venv-compiled
+ensure_compiled_venv "$VENV"
 if ! command -v nginx >/dev/null 2>&1 || [ ! -f /usr/lib/nginx/modules/ngx_http_echo_module.so ]; then
     # policy-rc.d: install nginx without starting Debian's own nginx service on port 80
     had_policy=$([ -e /usr/sbin/policy-rc.d ] && echo yes || echo no)

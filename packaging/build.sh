@@ -43,9 +43,24 @@ VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$ROOT/src/postfix_rest_api_c
 DEB_VERSION=$(sed -E 's/\.?(a|b|rc|dev)([0-9]*)/~\1\2/g' <<<"$VERSION")
 ARCH=$(dpkg --print-architecture)
 
-echo "== wheel and sdist ($VERSION)"
+# The request path compiled with mypyc (setup.py), or the build fails: the .deb is what runs in
+# production. POSTFIX_REST_API_CONNECTOR_COMPILE=0 builds the interpreted, pure-Python wheel.
+export POSTFIX_REST_API_CONNECTOR_COMPILE=${POSTFIX_REST_API_CONNECTOR_COMPILE:-1}
+if [ "$POSTFIX_REST_API_CONNECTOR_COMPILE" = 0 ]; then
+    TAG=py3-none-any
+else
+    command -v gcc >/dev/null || die "gcc not found: compiling needs it (apt-get install gcc)"
+    "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+        || die "$PYTHON has no C headers: compiling needs them (apt-get install python3-dev)"
+    TAG=$("$PYTHON" -c 'import sys, sysconfig
+abi = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+print(f"{abi}-{abi}-" + sysconfig.get_platform().replace("-", "_").replace(".", "_"))')
+fi
+
+echo "== wheel and sdist ($VERSION, $TAG)"
 "$PYTHON" -m build --outdir "$OUT" "$ROOT"
-WHEEL=$OUT/postfix_rest_api_connector-$VERSION-py3-none-any.whl
+WHEEL=$OUT/postfix_rest_api_connector-$VERSION-$TAG.whl
 [ -f "$WHEEL" ] || die "the build did not produce $WHEEL"
 
 echo "== zipapp"

@@ -25,19 +25,42 @@ pick_python() {
     return 1
 }
 
-# ensure_venv EXTRA: create $VENV if needed and install the project (with extras EXTRA, if any).
-ensure_venv() {
-    local python extra=${1:-}
+# make_venv DIR: a virtual environment in DIR (kept if there is one), with a current pip.
+make_venv() {
+    local python dir=$1
     python=$(pick_python)
-    if [ ! -x "$VENV/bin/python" ]; then
-        if ! "$python" -m venv "$VENV" 2>/dev/null; then
-            rm -rf "$VENV"
+    if [ ! -x "$dir/bin/python" ]; then
+        if ! "$python" -m venv "$dir" 2>/dev/null; then
+            rm -rf "$dir"
             apt_install python3-venv
-            "$python" -m venv "$VENV"
+            "$python" -m venv "$dir"
         fi
     fi
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${extra:+[$extra]}"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+}
+
+# ensure_venv EXTRA: create $VENV if needed and install the project (with extras EXTRA, if any),
+# editable and interpreted: a compiled module would shadow every later edit of its source.
+ensure_venv() {
+    local extra=${1:-}
+    make_venv "$VENV"
+    POSTFIX_REST_API_CONNECTOR_COMPILE=0 "$VENV/bin/python" -m pip install -q \
+        --disable-pip-version-check -e "$ROOT${extra:+[$extra]}"
+}
+
+# ensure_compiled_venv DIR EXTRA: the project as production installs it, the request path
+# compiled with mypyc (setup.py), into DIR; installs gcc and Python's headers where missing.
+ensure_compiled_venv() {
+    local dir=$1 extra=${2:-}
+    make_venv "$dir"
+    command -v gcc >/dev/null 2>&1 || apt_install gcc libc6-dev
+    if ! "$dir/bin/python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+        apt_install python3-dev
+    fi
+    POSTFIX_REST_API_CONNECTOR_COMPILE=1 "$dir/bin/python" -m pip install -q \
+        --disable-pip-version-check --force-reinstall --no-deps "$ROOT"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check "$ROOT${extra:+[$extra]}"
 }
 
 # ensure_postfix: Debian's postfix with "No configuration", so no system instance starts.

@@ -89,8 +89,17 @@ async def assert_not_served(port: int) -> None:
     [pytest.param(MODULE, id="python-m"), pytest.param([str(CONSOLE_SCRIPT)], id="console-script")],
 )
 async def test_version(command: list[str]) -> None:
+    """It names the build, so that an admin can tell whether an install got the compiled one.
+
+    scripts/test.sh runs the tests on both builds and says which one through ``EXPECT_BUILD``;
+    without it, the tests run in the editable development install, which is interpreted.
+    """
+    build = {
+        "interpreted": "interpreted",
+        "compiled": "request path compiled with mypyc",
+    }[os.environ.get("EXPECT_BUILD", "interpreted")]
     status, stdout, _ = await run_to_end(*command, "--version")
-    assert (status, stdout) == (0, f"postfix-rest-api-connector {__version__}\n")
+    assert (status, stdout) == (0, f"postfix-rest-api-connector {__version__} ({build})\n")
 
 
 @pytest.mark.parametrize("with_config", [False, True], ids=["no-argument", "config-and-demo"])

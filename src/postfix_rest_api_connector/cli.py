@@ -61,8 +61,19 @@ def _parser() -> argparse.ArgumentParser:
         help="log level (default: $LOG_LEVEL or INFO)",
     )
     _add_log_format(parser)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__} ({build()})"
+    )
     return parser
+
+
+def build() -> str:
+    """Whether this install runs the request path compiled (setup.py), so that an admin can
+    tell from ``--version`` or the log which one a machine got."""
+    from . import connection  # noqa: PLC0415 - imported by every run anyway
+
+    compiled = not connection.__file__.endswith(".py")
+    return "request path compiled with mypyc" if compiled else "interpreted"
 
 
 def _serve(config: Config, path: str) -> int:
@@ -154,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo == (args.config is not None):
         _parser().error("give either a CONFIG path or --demo")
     try:
-        if not args.demo:
-            return _serve(load_config(args.config), args.config)
+        config = None if args.demo else load_config(args.config)
+        log.info("postfix-rest-api-connector %s (%s)", __version__, build())
+        if config is not None:
+            return _serve(config, args.config)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_serve_demo(args.demo_base_port))
     except ConfigError as error:
