@@ -1,20 +1,23 @@
 """Compiles the modules every request passes through with mypyc (docs/performance.md: CPU per
-request 0.7 to 0.8 of the interpreted code's). Everything else is in pyproject.toml.
+request about three quarters of the interpreted code's). Everything else is in pyproject.toml.
 
 POSTFIX_REST_API_CONNECTOR_COMPILE chooses:
-  auto (default)  compile; where there is no C compiler or no Python headers, install the same
-                  code interpreted, with a warning
+  auto (default)  compile; if anything about it fails (no mypy, no C compiler, no Python headers,
+                  a compiler error), install the same code interpreted, with a warning
   1               compile, or fail the build
-  0               interpreted only (scripts/lib.sh sets it for the editable development install:
-                  a compiled module would shadow every later edit of its .py file)
+  0               interpreted only
+An editable install is always interpreted: a compiled module beside its source would shadow
+every later edit of it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 COMPILED = [
     "codecs/__init__.py",
@@ -36,30 +39,57 @@ COMPILED = [
     "stats.py",
 ]
 """From the codecs to the HTTP client: the request path, and nothing that runs only at start."""
+EDITABLE_COMMANDS = {"editable_wheel", "develop"}
 
 
-def _compiled_extensions(mode: str) -> list[object]:
-    if mode == "0":
+def _warn(message: str) -> None:
+    print(f"postfix-rest-api-connector: {message}; installing it interpreted", file=sys.stderr)
+
+
+def _compiled_extensions(mode: str) -> list[Extension]:
+    try:
+        from mypyc.build import mypycify  # noqa: PLC0415 - only a compiling build needs mypy
+
+        return list(
+            mypycify(
+                [
+                    # the build environment lacks the runtime dependencies: their types are Any
+                    # here, and checked for real by `mypy --strict` in scripts/test.sh
+                    "--ignore-missing-imports",
+                    *(f"src/postfix_rest_api_connector/{module}" for module in COMPILED),
+                ],
+                opt_level="3",
+                group_name="postfix_rest_api_connector",
+            )
+        )
+    except (Exception, SystemExit) as error:  # mypy reports its errors by exiting
+        if mode == "1":
+            raise
+        _warn(f"mypyc could not translate the request path ({error!r})")
         return []
-    from mypyc.build import mypycify  # noqa: PLC0415 - only a compiling build has mypy
 
-    extensions = mypycify(
-        [
-            # the build environment has no runtime dependencies: their types are Any here, and
-            # checked for real by `mypy --strict` in scripts/test.sh
-            "--ignore-missing-imports",
-            *(f"src/postfix_rest_api_connector/{module}" for module in COMPILED),
-        ],
-        opt_level="3",
-        group_name="postfix_rest_api_connector",
-    )
-    if mode == "auto":
-        for extension in extensions:
-            extension.optional = True  # a failed compile leaves the interpreted module in place
-    return list(extensions)
+
+class AllOrNothing(build_ext):  # type: ignore[misc,unused-ignore] # setuptools: maybe untyped
+    """In ``auto`` mode, a failed compile of any module leaves none compiled: every module's
+    extension imports mypyc's one shared library, and compiled classes cannot mix with
+    interpreted copies of the modules they use."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as error:  # noqa: BLE001 - whatever broke the compile, fall back
+            _warn(f"compiling the request path failed ({error!r})")
+            for output in self.get_outputs():
+                Path(output).unlink(missing_ok=True)
+            self.extensions = []
 
 
 mode = os.environ.get("POSTFIX_REST_API_CONNECTOR_COMPILE", "auto")
 if mode not in ("auto", "0", "1"):
     sys.exit(f"POSTFIX_REST_API_CONNECTOR_COMPILE={mode!r}: expected auto, 0 or 1")
-setup(ext_modules=_compiled_extensions(mode))
+if EDITABLE_COMMANDS.intersection(sys.argv):
+    mode = "0"
+setup(
+    ext_modules=[] if mode == "0" else _compiled_extensions(mode),
+    cmdclass={"build_ext": AllOrNothing} if mode == "auto" else {},
+)

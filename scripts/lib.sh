@@ -40,12 +40,13 @@ make_venv() {
 }
 
 # ensure_venv EXTRA: create $VENV if needed and install the project (with extras EXTRA, if any),
-# editable and interpreted: a compiled module would shadow every later edit of its source.
+# editable and interpreted (setup.py): a compiled module would shadow every later edit of its
+# source, so any left in src/ by a by-hand build goes first.
 ensure_venv() {
     local extra=${1:-}
     make_venv "$VENV"
-    POSTFIX_REST_API_CONNECTOR_COMPILE=0 "$VENV/bin/python" -m pip install -q \
-        --disable-pip-version-check -e "$ROOT${extra:+[$extra]}"
+    find "$ROOT/src" -name '*.so' -delete
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${extra:+[$extra]}"
 }
 
 # ensure_compiled_venv DIR EXTRA: the project as production installs it, the request path
@@ -58,9 +59,11 @@ ensure_compiled_venv() {
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
         apt_install python3-dev
     fi
+    # build/ may hold the compiled modules of an earlier build, which the new wheel would take
+    rm -rf "$ROOT/build"
+    # pip builds and installs a local project again each time, even at the same version
     POSTFIX_REST_API_CONNECTOR_COMPILE=1 "$dir/bin/python" -m pip install -q \
-        --disable-pip-version-check --force-reinstall --no-deps "$ROOT"
-    "$dir/bin/python" -m pip install -q --disable-pip-version-check "$ROOT${extra:+[$extra]}"
+        --disable-pip-version-check "$ROOT${extra:+[$extra]}"
 }
 
 # ensure_postfix: Debian's postfix with "No configuration", so no system instance starts.

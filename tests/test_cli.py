@@ -6,7 +6,9 @@ Endpoints listen on port 0; the test learns each real port from the process's ow
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib
 import os
 import re
 import shutil
@@ -39,6 +41,10 @@ from postfix_rest_api_connector import __version__
 
 TOKEN = "tok-SECRET-123"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("postfix-rest-api-connector")
+ROOT = Path(__file__).resolve().parent.parent
+EXPECT_COMPILED = os.environ.get("EXPECT_BUILD", "interpreted") == "compiled"
+"""scripts/test.sh runs the tests on both builds and says which through ``EXPECT_BUILD``; without
+it, they run in the editable development install, which is always interpreted (setup.py)."""
 TIMESTAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
 LOG_LINE = re.compile(
     rf"(?P<timestamp>{TIMESTAMP})?(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<logger>\S+)"
@@ -89,17 +95,31 @@ async def assert_not_served(port: int) -> None:
     [pytest.param(MODULE, id="python-m"), pytest.param([str(CONSOLE_SCRIPT)], id="console-script")],
 )
 async def test_version(command: list[str]) -> None:
-    """It names the build, so that an admin can tell whether an install got the compiled one.
-
-    scripts/test.sh runs the tests on both builds and says which one through ``EXPECT_BUILD``;
-    without it, the tests run in the editable development install, which is interpreted.
-    """
-    build = {
-        "interpreted": "interpreted",
-        "compiled": "request path compiled with mypyc",
-    }[os.environ.get("EXPECT_BUILD", "interpreted")]
+    """It names the build, so that an admin can tell whether an install got the compiled one."""
+    build = "request path compiled with mypyc" if EXPECT_COMPILED else "interpreted"
     status, stdout, _ = await run_to_end(*command, "--version")
     assert (status, stdout) == (0, f"postfix-rest-api-connector {__version__} ({build})\n")
+
+
+def test_every_module_of_the_request_path_is_built_as_expected() -> None:
+    """All of setup.py's COMPILED list, or none: a mix would not be the build that was tested."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    listed = next(
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(target, ast.Name) and target.id == "COMPILED" for target in node.targets)
+    )
+    modules = [
+        "postfix_rest_api_connector." + path.removesuffix(".py").replace("/", ".")
+        for path in ast.literal_eval(listed)
+    ]
+    assert "postfix_rest_api_connector.connection" in modules
+    compiled = {
+        module: not str(importlib.import_module(module).__file__).endswith(".py")
+        for module in modules
+    }
+    assert compiled == dict.fromkeys(modules, EXPECT_COMPILED)
 
 
 @pytest.mark.parametrize("with_config", [False, True], ids=["no-argument", "config-and-demo"])

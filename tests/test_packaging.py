@@ -119,7 +119,12 @@ def test_sdist_holds_the_sources(built: Built) -> None:
         for path in (ROOT / "src" / "postfix_rest_api_connector").rglob("*.py")
     )
     assert sources
-    for wanted in [*sources, "src/postfix_rest_api_connector/py.typed", "pyproject.toml"]:
+    for wanted in [
+        *sources,
+        "src/postfix_rest_api_connector/py.typed",
+        "pyproject.toml",
+        "setup.py",
+    ]:
         assert f"{prefix}/{wanted}" in names, f"{wanted} missing from {built.sdist.name}"
 
 
