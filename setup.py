@@ -40,6 +40,7 @@ COMPILED = [
 ]
 """From the codecs to the HTTP client: the request path, and nothing that runs only at start."""
 EDITABLE_COMMANDS = {"editable_wheel", "develop"}
+BUILD_COMMANDS = {"bdist_wheel", "build", "build_ext", "install"}
 
 
 def _warn(message: str) -> None:
@@ -69,27 +70,40 @@ def _compiled_extensions(mode: str) -> list[Extension]:
         return []
 
 
-class AllOrNothing(build_ext):  # type: ignore[misc,unused-ignore] # setuptools: maybe untyped
-    """In ``auto`` mode, a failed compile of any module leaves none compiled: every module's
+class CompileRequestPath(build_ext):  # type: ignore[misc,unused-ignore] # setuptools: maybe untyped
+    """Translates with mypyc only when extensions are really built: pip also runs this file to
+    read the metadata, and a translation is a whole mypy run (see ``BUILD_COMMANDS``).
+
+    In ``auto`` mode, a failed compile of any module leaves none compiled: every module's
     extension imports mypyc's one shared library, and compiled classes cannot mix with
     interpreted copies of the modules they use."""
+
+    def finalize_options(self) -> None:
+        if BUILD_COMMANDS.intersection(sys.argv):  # not for egg_info or sdist, which finalize us
+            self.distribution.ext_modules = _compiled_extensions(MODE)
+        super().finalize_options()
 
     def run(self) -> None:
         try:
             super().run()
-        except Exception as error:  # noqa: BLE001 - whatever broke the compile, fall back
+        except Exception as error:
+            if MODE == "1":
+                raise
             _warn(f"compiling the request path failed ({error!r})")
             for output in self.get_outputs():
                 Path(output).unlink(missing_ok=True)
-            self.extensions = []
+            self.extensions: list[Extension] = []
 
 
-mode = os.environ.get("POSTFIX_REST_API_CONNECTOR_COMPILE", "auto")
-if mode not in ("auto", "0", "1"):
-    sys.exit(f"POSTFIX_REST_API_CONNECTOR_COMPILE={mode!r}: expected auto, 0 or 1")
+MODE = os.environ.get("POSTFIX_REST_API_CONNECTOR_COMPILE", "auto")
+if MODE not in ("auto", "0", "1"):
+    sys.exit(f"POSTFIX_REST_API_CONNECTOR_COMPILE={MODE!r}: expected auto, 0 or 1")
 if EDITABLE_COMMANDS.intersection(sys.argv):
-    mode = "0"
+    MODE = "0"
+# A stand-in, replaced by the real extensions when they are built: with it, setuptools runs
+# build_ext and tags the wheel for this Python and platform.
+TO_COMPILE = [Extension("postfix_rest_api_connector.__mypyc__", sources=[])]
 setup(
-    ext_modules=[] if mode == "0" else _compiled_extensions(mode),
-    cmdclass={"build_ext": AllOrNothing} if mode == "auto" else {},
+    ext_modules=[] if MODE == "0" else TO_COMPILE,
+    cmdclass={} if MODE == "0" else {"build_ext": CompileRequestPath},
 )
