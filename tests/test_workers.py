@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -315,3 +315,171 @@ async def test_a_restarted_worker_starts_from_the_config_the_workers_run(
         connector.process.send_signal(signal.SIGTERM)
         assert await connector.finish() == 0
     assert "worker 0 kept its previous config" in connector.stderr
+
+
+def unix_lookup(name: str, path: str, api: FakeApi) -> dict[str, Any]:
+    """A tcp-lookup endpoint on unix socket ``path``: only worker 0 serves it."""
+    endpoint = {**endpoint_config("tcp-lookup", api.url), "name": name, "bind-path": path}
+    del endpoint["bind-port"], endpoint["bind-address"]
+    return endpoint
+
+
+@contextmanager
+def unix_paths(count: int) -> Iterator[list[str]]:
+    """Short unix socket paths (tmp_path is too long for sun_path), removed at the end."""
+    paths = [f"/tmp/prac-{os.getpid()}-{id(object()):x}-{i}.sock" for i in range(count)]
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+@contextmanager
+def stalled(path: str) -> Iterator[Callable[[], None]]:
+    """A listener on unix socket ``path`` whose queue is full: a worker adding an endpoint there
+    stops in its stale-socket check (a blocking connect), reload or start-up under way, until
+    the returned ``release`` closes it; the connect is then refused and the endpoint binds."""
+    with ExitStack() as stack:
+        listener = stack.enter_context(socket.socket(socket.AF_UNIX))
+        listener.bind(path)
+        listener.listen(0)
+        while True:  # fill the queue: a backlog of 0 still takes one
+            client = stack.enter_context(socket.socket(socket.AF_UNIX))
+            client.setblocking(False)
+            try:
+                client.connect(path)
+            except BlockingIOError:
+                break
+        yield stack.close
+
+
+def serving_unix_socket(path: str, pids: list[int]) -> int:
+    """Which of ``pids`` listens on unix socket ``path`` (worker 0, whatever its pid)."""
+    rows = [line.split() for line in Path("/proc/net/unix").read_text().splitlines()[1:]]
+    sockets = {f"socket:[{row[6]}]" for row in rows if row[-1] == path}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        if sockets & {os.readlink(fd) for fd in fds.iterdir()}:
+            return pid
+    pytest.fail(f"no worker listens on {path}")
+
+
+async def test_a_reload_answer_names_the_config_the_worker_read(
+    api: FakeApi,
+    tmp_path: Path,
+    spawn: Spawn,
+    notifications: tuple[str, asyncio.Queue[bytes]],
+) -> None:
+    """A valid reload, then an invalid one while worker 0 still applies the first: worker 0
+    restarts from the valid one it applied, not from its start's config."""
+    notify_path, queue = notifications
+    api.answer_json(["v"])
+    with reserved_ports(2) as (port, added_port), unix_paths(2) as (served, blocked):
+        lookup = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        first = unix_lookup("first", served, api)
+        config = write_config(tmp_path, {"workers": 2, "endpoints": [lookup, first]})
+        connector = await start(spawn, config, notify_path)
+        assert (await next_notification(queue)).startswith(b"READY=1")
+        worker_0 = serving_unix_socket(served, worker_pids(connector.process.pid))
+        with stalled(blocked) as release:
+            added = {**lookup, "name": "added", "bind-port": added_port}
+            endpoints = [lookup, first, added, unix_lookup("second", blocked, api)]
+            write_config(tmp_path, {"workers": 2, "endpoints": endpoints})
+            connector.process.send_signal(signal.SIGHUP)
+            assert (await next_notification(queue)).startswith(b"RELOADING=1")
+            for _ in range(2):  # worker 1 applied it; worker 0 read it and waits on `blocked`
+                await connector.expect(re.compile(r"endpoint added \(tcp-lookup\) listening on"))
+            config.write_text("{", encoding="utf-8")
+            connector.process.send_signal(signal.SIGHUP)
+            assert (await next_notification(queue)).startswith(b"RELOADING=1")
+            release()
+            assert await next_notification(queue) == b"READY=1\nSTATUS=serving with 2 workers"
+        os.kill(worker_0, signal.SIGKILL)
+        await connector.expect(re.compile(rf"\(pid {worker_0}\) exited with status -9"))
+        await connector.expect(re.compile(rf"listening on unix:{re.escape(blocked)},"))
+        reader, writer = await asyncio.open_unix_connection(blocked)
+        writer.write(b"get k\n")
+        assert await asyncio.wait_for(reader.readline(), DEADLINE) == b"200 v\n"
+        writer.close()
+        connector.process.send_signal(signal.SIGTERM)
+        assert await connector.finish() == 0
+    assert "applied a config file that changed" not in connector.stderr
+
+
+async def test_a_file_changed_after_the_supervisor_read_it_is_read_again(
+    api: FakeApi,
+    tmp_path: Path,
+    spawn: Spawn,
+    notifications: tuple[str, asyncio.Queue[bytes]],
+) -> None:
+    """Worker 0, busy starting, reads the file after it changed again (no SIGHUP): the
+    supervisor reads it again and restarts worker 0 from what it applied, not the older one."""
+    notify_path, queue = notifications
+    api.answer_json(["v"])
+    with reserved_ports(3) as (port, one_port, two_port), unix_paths(1) as (blocked,):
+        lookup = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        first = unix_lookup("first", blocked, api)
+        with stalled(blocked) as release:
+            config = write_config(tmp_path, {"workers": 2, "endpoints": [lookup, first]})
+            connector = await start(spawn, config, notify_path)  # worker 0 waits on `blocked`
+            one = {**lookup, "name": "one", "bind-port": one_port}
+            write_config(tmp_path, {"workers": 2, "endpoints": [lookup, first, one]})
+            connector.process.send_signal(signal.SIGHUP)
+            assert (await next_notification(queue)).startswith(b"RELOADING=1")
+            await connector.expect(re.compile(r"endpoint one \(tcp-lookup\) listening on"))
+            two = {**lookup, "name": "two", "bind-port": two_port}
+            write_config(tmp_path, {"workers": 2, "endpoints": [lookup, first, two]})
+            release()
+            assert await next_notification(queue) == b"READY=1\nSTATUS=serving with 2 workers"
+        await connector.expect(re.compile(r"endpoint two \(tcp-lookup\) listening on"))
+        await connector.expect(re.compile(r"reloaded: "))  # worker 0's; then its X_RELOAD is sent
+        reader, writer = await asyncio.open_unix_connection(blocked)  # answered after it
+        writer.write(b"get k\n")
+        assert await asyncio.wait_for(reader.readline(), DEADLINE) == b"200 v\n"
+        writer.close()
+        worker_0 = serving_unix_socket(blocked, worker_pids(connector.process.pid))
+        os.kill(worker_0, signal.SIGKILL)
+        await connector.expect(re.compile(rf"\(pid {worker_0}\) exited with status -9"))
+        line = await connector.expect(re.compile(r"endpoint (one|two) \(tcp-lookup\) listening"))
+        assert line[1] == "two", connector.stderr
+        assert await tcp_get(two_port, "k") == b"200 v\n"
+        connector.process.send_signal(signal.SIGTERM)
+        assert await connector.finish() == 0
+    assert "worker 0 applied a config file that changed" not in connector.stderr
+
+
+async def test_a_restarted_worker_is_ready_only_once_it_caught_up_with_the_reload(
+    api: FakeApi,
+    tmp_path: Path,
+    spawn: Spawn,
+    notifications: tuple[str, asyncio.Queue[bytes]],
+) -> None:
+    """Its start-up READY=1 is not its reload's: systemd hears READY=1 only after that."""
+    notify_path, queue = notifications
+    api.answer_json(["v"])
+    with reserved_ports(2) as (port, added_port), unix_paths(2) as (served, blocked):
+        lookup = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        first = unix_lookup("first", served, api)
+        config = write_config(tmp_path, {"workers": 2, "endpoints": [lookup, first]})
+        connector = await start(spawn, config, notify_path)
+        assert (await next_notification(queue)).startswith(b"READY=1")
+        worker_0 = serving_unix_socket(served, worker_pids(connector.process.pid))
+        added_line = re.compile(r"endpoint added \(tcp-lookup\) listening on")
+        with stalled(blocked) as release:
+            added = {**lookup, "name": "added", "bind-port": added_port}
+            endpoints = [lookup, first, added, unix_lookup("second", blocked, api)]
+            write_config(tmp_path, {"workers": 2, "endpoints": endpoints})
+            connector.process.send_signal(signal.SIGHUP)
+            assert (await next_notification(queue)).startswith(b"RELOADING=1")
+            for _ in range(2):  # worker 1 applied it; worker 0 read it and waits on `blocked`
+                await connector.expect(added_line)
+            os.kill(worker_0, signal.SIGKILL)  # before it answered the reload
+            await connector.expect(re.compile(rf"\(pid {worker_0}\) exited with status -9"))
+            # its successor started (READY=1 sent), then reloads and waits on `blocked` again
+            await connector.expect(added_line)
+            connector.process.send_signal(signal.SIGTERM)  # handled after that READY=1
+            assert await next_notification(queue) == b"STOPPING=1"
+            release()
+        assert await connector.finish() == 0, connector.stderr

@@ -6,6 +6,7 @@ administrator can fix the file without reading a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -368,11 +369,24 @@ def parse_config(document: object) -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate the config file; ``ConfigError`` lists every problem found."""
+def read_config_file(path: str | Path) -> bytes:
+    """The file's bytes, read once: a reload validates these and names them by their digest."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error}"]) from None
+
+
+def config_digest(data: bytes) -> str:
+    """SHA-256 of a config file's bytes: which content a worker applied, whenever it read it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def config_from_bytes(data: bytes, path: str | Path) -> Config:
+    """Validate a config file's bytes (``path`` only names the file in the problems)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
         raise ConfigError([f"{path}: cannot read: {error}"]) from None
     try:
         document = json.loads(text)
@@ -381,3 +395,8 @@ def load_config(path: str | Path) -> Config:
             [f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"]
         ) from None
     return parse_config(document)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file; ``ConfigError`` lists every problem found."""
+    return config_from_bytes(read_config_file(path), path)

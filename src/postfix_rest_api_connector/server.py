@@ -12,9 +12,17 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, ConfigError, EndpointConfig, MetricsConfig, load_config
+from .config import (
+    Config,
+    ConfigError,
+    EndpointConfig,
+    MetricsConfig,
+    config_digest,
+    config_from_bytes,
+    read_config_file,
+)
 from .endpoint import Endpoint, listen_key
-from .supervisor import RELOAD_RESULT, Worker
+from .supervisor import Worker, reload_result
 from .systemd import notify
 
 if TYPE_CHECKING:
@@ -164,8 +172,11 @@ class Daemon:
             if self._stopping or self._config_path is None:
                 return False
             notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            digest: str | None = None  # of the bytes read: what the supervisor restarts from
             try:
-                new = load_config(self._config_path)
+                data = read_config_file(self._config_path)
+                digest = config_digest(data)
+                new = config_from_bytes(data, self._config_path)
             except ConfigError as error:
                 problems = "\n  ".join(error.problems)
                 log.error("reload: config invalid, still running the previous one:\n  %s", problems)  # noqa: TRY400
@@ -180,7 +191,7 @@ class Daemon:
             self.reloads[result] += 1
             ready = f"READY=1\nSTATUS={self._status()}"
             if self._worker.count > 1:  # the supervisor restarts a worker from what it runs
-                ready += f"\n{RELOAD_RESULT}={result}"
+                ready += f"\n{reload_result(applied, digest)}"
             notify(ready)
             return applied
 

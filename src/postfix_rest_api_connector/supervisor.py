@@ -20,11 +20,12 @@ import socket
 import struct
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, config_digest, config_from_bytes, read_config_file
 from .systemd import notify
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,27 @@ _CREDENTIALS = struct.calcsize("3i")
 _PR_SET_PDEATHSIG = 1
 _FORWARDED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 RELOAD_RESULT = "X_RELOAD"
-"""A worker's ``READY=1`` after a reload says ``X_RELOAD=ok`` or ``X_RELOAD=failed``."""
+"""A worker's ``READY=1`` after a reload says ``X_RELOAD=ok:<digest>`` or
+``X_RELOAD=failed[:<digest>]`` (``reload_result``): the digest names the file content it read,
+as it reads the file itself, maybe after the supervisor did."""
+KNOWN_CONFIGS = 8
+"""The most recent reloads' configs kept by digest, to adopt the one a worker says it applied."""
+
+
+def reload_result(applied: bool, digest: str | None) -> str:
+    """The line a worker adds to its ``READY=1`` after a reload, for the supervisor."""
+    outcome = "ok" if applied else "failed"
+    return f"{RELOAD_RESULT}={outcome}" + (f":{digest}" if digest else "")
+
+
+def _parse_reload_result(fields: list[bytes]) -> tuple[bool, str | None] | None:
+    """``(applied, digest)`` from a notification's fields; ``None`` if it answers no reload."""
+    prefix = f"{RELOAD_RESULT}=".encode()
+    value = next((f[len(prefix) :] for f in fields if f.startswith(prefix)), None)
+    if value is None:
+        return None
+    outcome, _, digest = value.decode("ascii", "replace").partition(":")
+    return outcome == "ok", digest or None
 
 
 def _stop_with_parent(supervisor: int) -> None:
@@ -59,14 +80,23 @@ class Worker:
 class _Child:
     index: int
     config: Config
-    """What the worker runs: its start's config, or its last reload's if it applied it; so
+    """What the worker runs: its start's config, or the one its last applied reload read; so
     what it restarts from."""
-    reloading: Config | None = None
-    """The config of a reload it has not yet said it applied or rejected."""
     pid: int = 0
-    ready: bool = False
+    started: bool = False
+    """It said ``READY=1`` after starting (this time; ``ever_ready``: any time)."""
     ever_ready: bool = False
+    asked: bool = False
+    """A SIGHUP was sent to it and it has not answered yet: one at a time, so that an answer
+    can only be to that reload (signals sent close together would merge into one)."""
+    owes: bool = False
+    """A reload came while it was asked or down: it gets SIGHUP once it answers or restarts."""
     started_at: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """Started and caught up with every reload: only then may systemd hear ``READY=1``."""
+        return self.started and not self.asked and not self.owes
 
 
 WorkerMain = Callable[[Config, Worker], int]
@@ -83,6 +113,8 @@ class Supervisor:
         self._signals: list[int] = []
         self._announced = False
         self._status = 0
+        self._known: OrderedDict[str, Config] = OrderedDict()
+        """Configs this supervisor validated on a reload, by their file's digest (bounded)."""
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT and every worker has drained; the exit status (0 only if
@@ -154,16 +186,34 @@ class Supervisor:
         could not (a port taken, say) runs the previous config, and restarts from that one too."""
         if self._stopping:
             return
-        try:
-            new: Config | None = load_config(self._path)
-        except ConfigError:
-            new = None  # each worker logs the problems and keeps its config
+        self._remember_file()  # invalid or unreadable: each worker logs the problems
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         self._announced = False
         for child in self._children:
-            child.ready = False
-            child.reloading = new  # one not running now is asked once restarted (_spawn)
-        self._forward(signal.SIGHUP)
+            if child.pid and not child.asked:
+                self._ask(child)
+            else:  # down (asked once restarted, _spawn) or still busy with the previous reload
+                child.owes = True
+
+    def _remember_file(self) -> str | None:
+        """Read and validate the file; if valid, keep its config under its digest (the most
+        recent ``KNOWN_CONFIGS``). The digest, or ``None`` if the file is not valid."""
+        try:
+            data = read_config_file(self._path)
+            config = config_from_bytes(data, self._path)
+        except ConfigError:
+            return None
+        digest = config_digest(data)
+        self._known[digest] = config
+        self._known.move_to_end(digest)
+        while len(self._known) > KNOWN_CONFIGS:
+            self._known.popitem(last=False)
+        return digest
+
+    def _ask(self, child: _Child) -> None:
+        child.asked, child.owes = True, False
+        with contextlib.suppress(ProcessLookupError):  # it died: reaped, and asked once restarted
+            os.kill(child.pid, signal.SIGHUP)
 
     def _forward(self, signum: int) -> None:
         for child in self._children:
@@ -190,21 +240,46 @@ class Supervisor:
             if child is None:
                 continue
             fields = data.split(b"\n")
-            if b"READY=1" in fields:
-                child.ready = child.ever_ready = True
-            if f"{RELOAD_RESULT}=ok".encode() in fields:
-                child.config = child.reloading or child.config
-                child.reloading = None
-            elif f"{RELOAD_RESULT}=failed".encode() in fields:
-                if child.reloading is not None:  # else the file was invalid: the worker said so
-                    log.warning(
-                        "worker %d kept its previous config, which it restarts from if it dies",
-                        child.index,
-                    )
-                child.reloading = None
+            if b"READY=1" not in fields:
+                continue
+            child.started = child.ever_ready = True
+            answer = _parse_reload_result(fields)
+            if answer is not None:
+                self._reloaded(child, *answer)
         if not self._announced and not self._stopping and all(c.ready for c in self._children):
             self._announced = True
             notify(f"READY=1\nSTATUS=serving with {len(self._children)} workers")
+
+    def _reloaded(self, child: _Child, applied: bool, digest: str | None) -> None:
+        """A worker's answer to a reload: the config it restarts from is the one it read."""
+        child.asked = False
+        if applied:
+            config = self._config_for(digest)
+            if config is not None:
+                child.config = config
+            else:
+                log.warning(
+                    "worker %d applied a config file that changed after it was read here;"
+                    " it restarts from its previous config if it dies until the next reload",
+                    child.index,
+                )
+        elif digest is not None and digest in self._known:  # else invalid: the worker said so
+            log.warning(
+                "worker %d kept its previous config, which it restarts from if it dies",
+                child.index,
+            )
+        if child.owes and not self._stopping:  # another reload came meanwhile
+            self._ask(child)
+
+    def _config_for(self, digest: str | None) -> Config | None:
+        """The config whose file content has ``digest``: one validated on a reload, or else
+        the file read again, if it still has that content (it changed after the reload read
+        it); ``None`` if it no longer has, as nothing else is known to be what the worker runs."""
+        if digest is None:
+            return None
+        if digest not in self._known and self._remember_file() != digest:
+            return None
+        return self._known[digest]
 
     def _reap(self, notify_path: str) -> None:
         while True:
@@ -217,7 +292,9 @@ class Supervisor:
             child = next((c for c in self._children if c.pid == pid), None)
             if child is None:
                 continue
-            child.pid, child.ready = 0, False
+            child.pid, child.started = 0, False
+            if child.asked:  # it never answered: it runs the reload once restarted
+                child.asked, child.owes = False, True
             code = os.waitstatus_to_exitcode(status)
             if not child.ever_ready and not self._stopping:
                 # it never started (a port taken, say): like a single process, give up
@@ -260,8 +337,8 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
             if pid > 0:
                 child.pid = pid
-                if child.reloading is not None:  # a reload it missed: it runs it once started
-                    os.kill(pid, signal.SIGHUP)
+                if child.owes:  # a reload it missed: it runs it once started
+                    self._ask(child)
             return
         # the worker: default signal handling, its own notify target, then the normal daemon
         status = 1
