@@ -483,3 +483,19 @@ async def test_a_restarted_worker_is_ready_only_once_it_caught_up_with_the_reloa
             assert await next_notification(queue) == b"STOPPING=1"
             release()
         assert await connector.finish() == 0, connector.stderr
+
+
+async def test_a_worker_killed_before_it_started_gives_status_1(
+    api: FakeApi, tmp_path: Path, spawn: Spawn
+) -> None:
+    """Not 256 - 9 = 247: a killed worker has no exit status of its own to pass on."""
+    with reserved_ports() as (port,), unix_paths(1) as (blocked,), stalled(blocked):
+        lookup = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
+        endpoints = [lookup, unix_lookup("first", blocked, api)]
+        connector = await start(
+            spawn, write_config(tmp_path, {"workers": 2, "endpoints": endpoints})
+        )
+        for pid in worker_pids(connector.process.pid):  # worker 0 still waits on `blocked`
+            os.kill(pid, signal.SIGKILL)
+        assert await connector.finish() == 1, connector.stderr
+    assert "could not start; stopping" in connector.stderr

@@ -102,6 +102,12 @@ class _Child:
 WorkerMain = Callable[[Config, Worker], int]
 
 
+def _failure_status(code: int) -> int:
+    """The supervisor's exit status for a worker that failed with ``code``: its own if it exited
+    with one, else 1 (killed by a signal: ``-signum``, which as an exit status would be 256 - n)."""
+    return 1 if code <= 0 else code
+
+
 class Supervisor:
     """Forks the workers and keeps them running until told to stop."""
 
@@ -299,7 +305,7 @@ class Supervisor:
             if not child.ever_ready and not self._stopping:
                 # it never started (a port taken, say): like a single process, give up
                 log.error("worker %d could not start; stopping", child.index)
-                self._status = code or 1
+                self._status = _failure_status(code)
                 self._stopping = True
                 self._forward(signal.SIGTERM)
             elif self._stopping:
