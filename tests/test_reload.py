@@ -361,6 +361,45 @@ async def test_metrics_listener_moves_to_another_address_on_its_port(
         assert (await readyz(("127.0.0.1", port))).endswith(b"ready\n")
 
 
+async def test_metrics_listener_is_closed_first_only_for_a_port_in_use(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    """An address that is not this host's (EADDRNOTAVAIL) is not the old listener's doing: it
+    keeps serving, untouched, rather than closing and listening again."""
+    path = tmp_path / "config.json"
+    write(path, tcp("lookup", api.url), metrics={"bind-port": 0})
+    async with daemon_from(path) as daemon:
+        assert daemon.admin is not None
+        old_admin, (_, port) = daemon.admin, daemon.admin.addresses[0]
+        write(
+            path, tcp("lookup", api.url), metrics={"bind-address": "192.0.2.1", "bind-port": port}
+        )
+        assert not await daemon.reload()
+        assert daemon.admin is old_admin
+        assert (await readyz(("127.0.0.1", port))).endswith(b"ready\n")
+
+
+async def test_metrics_off_after_a_failed_reload_come_back_with_the_same_settings(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    """When a failed move leaves no listener (neither the new nor the old one could listen),
+    the settings the daemon runs are no longer "unchanged": the next reload starts one."""
+    path = tmp_path / "config.json"
+    write(path, tcp("lookup", api.url), metrics={"bind-port": 0})
+    async with daemon_from(path) as daemon:
+        assert daemon.admin is not None
+        _, port = daemon.admin.addresses[0]
+        write(path, tcp("lookup", api.url), metrics={"bind-port": port})
+        assert await daemon.reload()  # the running settings are now the file's, port and all
+        # what _next_admin leaves when the old listener cannot listen again either: a race
+        # (another process takes the port in between) that a test cannot stage without one
+        await daemon.admin.stop()
+        daemon.admin = None
+        assert await daemon.reload()
+        assert daemon.admin is not None
+        assert (await readyz(("127.0.0.1", port))).endswith(b"ready\n")
+
+
 # A real SIGHUP to the daemon in a child process
 
 

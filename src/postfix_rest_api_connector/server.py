@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
@@ -262,10 +263,12 @@ class Daemon:
         one, started while the old one still serves, as a new endpoint is; if it cannot listen,
         ``_ReloadFailed`` and the old one serves on.
 
-        Only an old listener on the same port (the address changed) is stopped first, since it
-        may be what is in the way; it listens again if the new one still cannot.
+        Only an old listener on the same port (the address changed) is stopped first, and only
+        when the port is in use, since it may be what is in the way; it listens again if the new
+        one still cannot. The same settings count as unchanged only while a listener runs: if
+        that last step failed too, metrics are off, and the next reload must try again.
         """
-        if new.metrics == self.config.metrics:
+        if new.metrics == self.config.metrics and (new.metrics is None or self.admin is not None):
             return self.admin
         admin = self._admin(new)
         if admin is None:
@@ -274,7 +277,11 @@ class Daemon:
             await admin.start()
         except OSError as error:
             old = self.admin
-            if old is None or admin.config.bind_port not in {port for _, port in old.addresses}:
+            if (
+                old is None
+                or error.errno != errno.EADDRINUSE  # something else than a port in use
+                or admin.config.bind_port not in {port for _, port in old.addresses}
+            ):
                 raise _ReloadFailed(_metrics_cannot_listen(admin, error)) from None
         else:
             return admin
