@@ -6,6 +6,7 @@ A certificate the connector cannot trust must end as an error reply to Postfix, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import ssl
 import subprocess
@@ -224,3 +225,35 @@ async def test_a_ca_file_rotated_in_place_is_used_after_a_reload(
             assert daemon.endpoints[0] is rebuilt
         finally:
             await daemon.stop()
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["same-settings", "changed-settings"])
+async def test_a_ca_file_gone_after_validation_fails_the_reload_in_one_line(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture, changed: bool
+) -> None:
+    """The reload re-reads the CA file after validating the config; if it is gone by then, the
+    reload fails with the endpoint and the file named, not as an unexpected error."""
+    ca_file = tmp_path / "ca.pem"
+    shutil.copyfile(pki.ca_cert, ca_file)
+    endpoint = endpoint_config("tcp-lookup", "https://127.0.0.1:1", **{"tls-ca-file": str(ca_file)})
+    path = write_config(tmp_path, {"endpoints": [endpoint]})
+    daemon = Daemon(load_config(path), path)
+    await daemon.start()
+    try:
+        running = daemon.endpoints[0]
+        if changed:  # then it is a new endpoint that reads the file
+            write_config(tmp_path, {"endpoints": [{**endpoint, "request-timeout": 2000}]})
+        validated = load_config(path)  # what reload() has done when the file disappears
+        ca_file.unlink()
+        with caplog.at_level(logging.INFO):
+            assert not await daemon._apply(validated)
+        assert daemon.endpoints == [running]
+    finally:
+        await daemon.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"reload: endpoint test-tcp-lookup: tls-ca-file {ca_file}: cannot read: No such file or"
+        " directory; still running the previous config"
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+    assert "s3cret-token" not in caplog.text

@@ -105,9 +105,22 @@ def backend_settings(config: EndpointConfig, user_agent: str, token: str | None)
     return BackendSettings(http, config.list_separator)
 
 
+class UnreadableFile(Exception):
+    """A file an endpoint reads (``tls-ca-file``) could not be read now, though it could when the
+    config was validated: one line naming the endpoint and the file, for a reload to log."""
+
+
 def _read_ca_file(config: EndpointConfig) -> bytes | None:
     """The ``tls-ca-file`` certificates, read now."""
-    return config.tls_ca_file.read_bytes() if config.tls_ca_file is not None else None
+    if config.tls_ca_file is None:
+        return None
+    try:
+        return config.tls_ca_file.read_bytes()
+    except OSError as error:
+        raise UnreadableFile(
+            f"endpoint {config.name}: tls-ca-file {config.tls_ca_file}: cannot read:"
+            f" {error.strerror or error}"
+        ) from None
 
 
 def service_settings(config: EndpointConfig) -> ServiceSettings:

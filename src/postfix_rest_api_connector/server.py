@@ -201,15 +201,18 @@ class Daemon:
             log.warning("reload: the number of workers changes only at the next restart")
         current = {endpoint.config.name: endpoint for endpoint in self.endpoints}
         served = self._served(new)
-        kept = {
-            config.name: current[config.name]
-            for config in served
-            if config.name in current and current[config.name].configured_as(config, new.user_agent)
-        }
-        retiring = [endpoint for endpoint in self.endpoints if endpoint.config.name not in kept]
         started: dict[str, Endpoint] = {}
         handed_over: set[Endpoint] = set()
         try:
+            # configured_as re-reads token and CA files: one unreadable since the config was
+            # validated fails the reload in one line (UnreadableFile), as below
+            kept = {
+                config.name: current[config.name]
+                for config in served
+                if config.name in current
+                and current[config.name].configured_as(config, new.user_agent)
+            }
+            retiring = [e for e in self.endpoints if e.config.name not in kept]
             for index, config in enumerate(new.endpoints):
                 if config.name in kept or config not in served:
                     continue
