@@ -57,6 +57,14 @@ class SeenRequest:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Stalled:
+    """``FakeApi.stall``: ``received`` is set by a request, ``release`` lets every one go."""
+
+    received: asyncio.Event
+    release: asyncio.Event
+
+
 @dataclass
 class FakeApi:
     """An aiohttp.web server whose answer the test sets; it records every request it gets."""
@@ -70,6 +78,18 @@ class FakeApi:
             return web.json_response(value, status=status)
 
         self.handler = handler
+
+    def stall(self, value: Any) -> Stalled:
+        """Every request waits until the test releases it, then gets ``value`` as JSON."""
+        stalled = Stalled(asyncio.Event(), asyncio.Event())
+
+        async def handler(_: web.Request) -> web.StreamResponse:
+            stalled.received.set()
+            await stalled.release.wait()
+            return web.json_response(value)
+
+        self.handler = handler
+        return stalled
 
     def answer_text(self, text: str, status: int = 200, content_type: str = "text/plain") -> None:
         async def handler(_: web.Request) -> web.StreamResponse:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from conftest import (
     DEADLINE,
@@ -230,31 +229,23 @@ async def test_port_taken_fails_fast_naming_endpoint_and_address(
 async def test_signal_drains_in_flight_request_then_exits_0(
     tmp_path: Path, spawn: Spawn, api: FakeApi, signum: signal.Signals
 ) -> None:
-    received = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow(_: web.Request) -> web.StreamResponse:
-        received.set()
-        await release.wait()
-        return web.json_response(["value"])
-
-    api.handler = slow
+    stalled = api.stall(["value"])
     config = write_config(tmp_path, {"endpoints": [tcp_endpoint(f"{api.url}/lookup")]})
     connector = await spawn(str(config))
     port = await connector.port()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"get k\n")
-        await asyncio.wait_for(received.wait(), DEADLINE)
+        await asyncio.wait_for(stalled.received.wait(), DEADLINE)
         connector.process.send_signal(signum)
         await connector.expect(re.compile(rf"received {signum.name}$"))
         await connector.expect(re.compile(r"stopping: "))
         await assert_not_served(port)
-        release.set()
+        stalled.release.set()
         assert await asyncio.wait_for(reader.readline(), DEADLINE) == b"200 value\n"
         assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
     finally:
-        release.set()
+        stalled.release.set()
         writer.close()
     assert await connector.finish() == 0, connector.stderr
     assert connector.lines[-1].endswith(" stopped"), connector.stderr
@@ -264,15 +255,7 @@ async def test_a_second_signal_exits_1_without_waiting(
     tmp_path: Path, spawn: Spawn, api: FakeApi
 ) -> None:
     """The drain is cut short, so the stop is not reported as clean (workers do the same)."""
-    received = asyncio.Event()
-    release = asyncio.Event()
-
-    async def stalled(_: web.Request) -> web.StreamResponse:
-        received.set()
-        await release.wait()
-        return web.json_response(["value"])
-
-    api.handler = stalled
+    stalled = api.stall(["value"])
     endpoint = tcp_endpoint(f"{api.url}/lookup")
     config = write_config(tmp_path, {"shutdown-timeout": 60_000, "endpoints": [endpoint]})
     connector = await spawn(str(config))
@@ -280,14 +263,14 @@ async def test_a_second_signal_exits_1_without_waiting(
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"get k\n")
-        await asyncio.wait_for(received.wait(), DEADLINE)
+        await asyncio.wait_for(stalled.received.wait(), DEADLINE)
         connector.process.send_signal(signal.SIGTERM)
         await connector.expect(re.compile(r"stopping: "))
         connector.process.send_signal(signal.SIGINT)
         assert await connector.finish() == 1, connector.stderr
         assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # never answered
     finally:
-        release.set()
+        stalled.release.set()
         writer.close()
     assert "second SIGINT: exiting without waiting" in connector.stderr
 

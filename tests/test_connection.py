@@ -272,15 +272,7 @@ async def test_client_leaving_mid_request_does_not_disturb_others(api: FakeApi) 
 
 
 async def test_shutdown_answers_requests_already_received(api: FakeApi) -> None:
-    entered = asyncio.Event()
-    release = asyncio.Event()
-
-    async def handler(_: web.Request) -> web.StreamResponse:
-        entered.set()
-        await release.wait()
-        return web.json_response(["answered"])
-
-    api.handler = handler
+    stalled = api.stall(["answered"])
     config = endpoint_config("tcp-lookup", api.url, **{"request-timeout": 10_000})
     async with (
         running_connector(config) as daemon,
@@ -289,12 +281,12 @@ async def test_shutdown_answers_requests_already_received(api: FakeApi) -> None:
         address = endpoint_address(daemon)
         reader, writer = await stack.enter_async_context(connected(address))
         writer.write(b"get k1\nget k2\n")
-        await entered.wait()
+        await stalled.received.wait()
         stopping = asyncio.create_task(daemon.stop())
         await asyncio.sleep(0)  # let stop() close the listener
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(*address)
-        release.set()
+        stalled.release.set()
         assert await read_all(reader) == b"200 answered\n200 answered\n"
         await asyncio.wait_for(stopping, 5)
 

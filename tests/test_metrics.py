@@ -98,22 +98,14 @@ async def test_requests_api_answers_and_latency_are_counted(api: FakeApi) -> Non
 
 
 async def test_open_connections_and_requests_in_flight_are_gauges(api: FakeApi) -> None:
-    release = asyncio.Event()
-    arrived = asyncio.Event()
-
-    async def slow(_: web.Request) -> web.StreamResponse:
-        arrived.set()
-        await release.wait()
-        return web.json_response(["late"])
-
-    api.handler = slow
+    stalled = api.stall(["late"])
     endpoint = endpoint_config("tcp-lookup", api.url, **{"request-timeout": 10_000})
     async with running_connector(endpoint, metrics=METRICS) as daemon:
         reader, writer = await asyncio.open_connection(*endpoint_address(daemon))
         writer.write(b"get k\n")
-        await asyncio.wait_for(arrived.wait(), 10)
+        await asyncio.wait_for(stalled.received.wait(), 10)
         samples = await scrape(daemon)
-        release.set()
+        stalled.release.set()
         assert await asyncio.wait_for(reader.readline(), 10) == b"200 late\n"
         writer.close()
         after = await scrape(daemon)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from conftest import (
     DEADLINE,
@@ -244,15 +243,7 @@ async def test_a_second_signal_kills_the_workers_and_exits_1(
     api: FakeApi, tmp_path: Path, spawn: Spawn
 ) -> None:
     """As a single process does: a drain cut short by a second signal is not a clean stop."""
-    received = asyncio.Event()
-    release = asyncio.Event()
-
-    async def stalled(_: web.Request) -> web.StreamResponse:
-        received.set()
-        await release.wait()
-        return web.json_response(["v"])
-
-    api.handler = stalled
+    stalled = api.stall(["v"])
     with reserved_ports() as (port,):
         config = two_workers(tmp_path, api, port, **{"shutdown-timeout": 60_000})
         connector = await start(spawn, config)
@@ -261,14 +252,14 @@ async def test_a_second_signal_kills_the_workers_and_exits_1(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(b"get k\n")
-            await asyncio.wait_for(received.wait(), DEADLINE)
+            await asyncio.wait_for(stalled.received.wait(), DEADLINE)
             connector.process.send_signal(signal.SIGTERM)
             await connector.expect(re.compile(r"stopping: answering requests already received"))
             connector.process.send_signal(signal.SIGTERM)
             assert await connector.finish() == 1, connector.stderr
             assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # never answered
         finally:
-            release.set()
+            stalled.release.set()
             writer.close()
     assert "second SIGTERM: stopping the workers at once" in connector.stderr
 
