@@ -54,6 +54,22 @@ def reserved_ports(count: int = 1) -> Iterator[list[int]]:
     pytest.fail(f"found no {count} consecutive free loopback ports")
 
 
+async def kill_worker(connector: Connector, pid: int) -> None:
+    """SIGKILL, then wait until the supervisor has seen the worker die."""
+    os.kill(pid, signal.SIGKILL)
+    await connector.expect(re.compile(rf"\(pid {pid}\) exited with status -9"))
+
+
+async def unix_get(path: str, key: str) -> bytes:
+    """One tcp_table lookup over a unix socket: the reply line."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(f"get {key}\n".encode())
+        return await asyncio.wait_for(reader.readline(), DEADLINE)
+    finally:
+        writer.close()
+
+
 def two_workers(tmp_path: Path, api: FakeApi, port: int, **top: Any) -> Path:
     """A config of two workers with one tcp-lookup endpoint on ``port``."""
     endpoint = endpoint_config("tcp-lookup", api.url, **{"bind-port": port})
@@ -289,8 +305,7 @@ async def test_a_restarted_worker_starts_from_the_config_the_workers_run(
             for _ in range(2):  # each worker's outcome
                 await connector.expect(re.compile(r"reload(ed)?: "))
             victim = worker_pids(connector.process.pid)[0]
-            os.kill(victim, signal.SIGKILL)
-            await connector.expect(re.compile(rf"\(pid {victim}\) exited with status -9"))
+            await kill_worker(connector, victim)
             first = (await connector.expect(first_listener))[0]
             assert {await tcp_get(port, f"k{i}") for i in range(16)} == {b"200 v\n"}
             return first
@@ -387,13 +402,9 @@ async def test_a_reload_answer_names_the_config_the_worker_read(
             assert (await next_notification(queue)).startswith(b"RELOADING=1")
             release()
             assert await next_notification(queue) == b"READY=1\nSTATUS=serving with 2 workers"
-        os.kill(worker_0, signal.SIGKILL)
-        await connector.expect(re.compile(rf"\(pid {worker_0}\) exited with status -9"))
+        await kill_worker(connector, worker_0)
         await connector.expect(re.compile(rf"listening on unix:{re.escape(blocked)},"))
-        reader, writer = await asyncio.open_unix_connection(blocked)
-        writer.write(b"get k\n")
-        assert await asyncio.wait_for(reader.readline(), DEADLINE) == b"200 v\n"
-        writer.close()
+        assert await unix_get(blocked, "k") == b"200 v\n"
         connector.process.send_signal(signal.SIGTERM)
         assert await connector.finish() == 0
     assert "applied a config file that changed" not in connector.stderr
@@ -426,13 +437,9 @@ async def test_a_file_changed_after_the_supervisor_read_it_is_read_again(
             assert await next_notification(queue) == b"READY=1\nSTATUS=serving with 2 workers"
         await connector.expect(re.compile(r"endpoint two \(tcp-lookup\) listening on"))
         await connector.expect(re.compile(r"reloaded: "))  # worker 0's; then its X_RELOAD is sent
-        reader, writer = await asyncio.open_unix_connection(blocked)  # answered after it
-        writer.write(b"get k\n")
-        assert await asyncio.wait_for(reader.readline(), DEADLINE) == b"200 v\n"
-        writer.close()
+        assert await unix_get(blocked, "k") == b"200 v\n"  # answered after it
         worker_0 = serving_unix_socket(blocked, worker_pids(connector.process.pid))
-        os.kill(worker_0, signal.SIGKILL)
-        await connector.expect(re.compile(rf"\(pid {worker_0}\) exited with status -9"))
+        await kill_worker(connector, worker_0)
         line = await connector.expect(re.compile(r"endpoint (one|two) \(tcp-lookup\) listening"))
         assert line[1] == "two", connector.stderr
         assert await tcp_get(two_port, "k") == b"200 v\n"
@@ -466,8 +473,7 @@ async def test_a_restarted_worker_is_ready_only_once_it_caught_up_with_the_reloa
             assert (await next_notification(queue)).startswith(b"RELOADING=1")
             for _ in range(2):  # worker 1 applied it; worker 0 read it and waits on `blocked`
                 await connector.expect(added_line)
-            os.kill(worker_0, signal.SIGKILL)  # before it answered the reload
-            await connector.expect(re.compile(rf"\(pid {worker_0}\) exited with status -9"))
+            await kill_worker(connector, worker_0)  # before it answered the reload
             # its successor started (READY=1 sent), then reloads and waits on `blocked` again
             await connector.expect(added_line)
             connector.process.send_signal(signal.SIGTERM)  # handled after that READY=1
