@@ -13,6 +13,7 @@ from aiohttp import web
 
 from conftest import FakeApi, endpoint_address, endpoint_config, netstring, running_connector
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
+from postfix_rest_api_connector.connection import FEED_BYTES, MAX_WAITING
 
 FAILURE = f"action={DEFAULT_FAILURE_ACTION}\n\n".encode()
 
@@ -455,3 +456,26 @@ async def test_a_client_that_never_reads_is_cut_off_after_read_timeout(api: Fake
             await tracker.wait_all_closed()
         assert time.monotonic() - started < 5
         assert len(api.seen) < 5000
+
+
+async def test_one_read_of_many_pipelined_requests_is_decoded_a_little_at_a_time(
+    api: FakeApi,
+) -> None:
+    """2000 requests in one write: no more than MAX_WAITING plus one FEED_BYTES chunk's worth
+    become request objects; the rest waits as bytes, and every request is still answered."""
+    count = 2000
+    stalled = api.stall(["v"])
+    config = endpoint_config("tcp-lookup", api.url, **{"request-timeout": 10_000})
+    async with running_connector(config) as daemon, AsyncExitStack() as stack:
+        reader, writer = await stack.enter_async_context(connected(endpoint_address(daemon)))
+        writer.write(b"get k\n" * count)
+        await asyncio.wait_for(stalled.received.wait(), 10)
+        (connection,) = daemon.endpoints[0].tracker.open
+        waiting = len(connection._waiting)
+        assert MAX_WAITING <= waiting < MAX_WAITING + FEED_BYTES // len(b"get k\n")
+        assert connection._unfed, "the rest of the read waits undecoded"
+        stalled.release.set()
+        replies = b""
+        while replies.count(b"\n") < count:
+            replies += await asyncio.wait_for(reader.read(65536), 10)
+        assert replies == b"200 v\n" * count

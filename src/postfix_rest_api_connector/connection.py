@@ -31,6 +31,10 @@ Request = LookupRequest | PolicyRequest | Malformed
 
 MAX_WAITING = 32
 """Requests decoded but not yet answered before we stop reading; Postfix itself sends one."""
+FEED_BYTES = 4096
+"""Bytes given to the decoder at a time, and only while fewer than ``MAX_WAITING`` requests
+wait: one read (uvloop's reach 256 KiB) of tiny pipelined requests would otherwise become tens
+of thousands of request objects at once. The rest waits as bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,8 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[Request | _Fatal] = deque()
+        self._unfed = b""
+        """Bytes received but not yet given to the decoder (``FEED_BYTES``)."""
         self._in_flight: asyncio.Task[None] | None = None
         self._last_activity = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -131,21 +137,28 @@ class Connection(asyncio.Protocol):
         self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            requests = self._decoder.feed(data)
-        except FramingError as error:
-            self._waiting.extend(error.completed)
-            self._give_up(PermanentError(f"malformed request: {error}"))
-            return
-        self._watch_read_deadline()
-        if not requests:
-            return
-        self._waiting.extend(requests)
-        self._last_activity = self._loop.time()
-        if len(self._waiting) >= MAX_WAITING:
-            self._pause_reading()
+        self._unfed = self._unfed + data if self._unfed else data
+        self._feed()
         if self._in_flight is None:
             self._answer_next()
+
+    def _feed(self) -> None:
+        """Decode received bytes, ``FEED_BYTES`` at a time, while fewer than ``MAX_WAITING``
+        requests wait; stop reading while bytes are left over."""
+        while self._unfed and len(self._waiting) < MAX_WAITING:
+            chunk, self._unfed = self._unfed[:FEED_BYTES], self._unfed[FEED_BYTES:]
+            try:
+                requests = self._decoder.feed(chunk)
+            except FramingError as error:
+                self._waiting.extend(error.completed)
+                self._queue_fatal(PermanentError(f"malformed request: {error}"))
+                return
+            if requests:
+                self._waiting.extend(requests)
+                self._last_activity = self._loop.time()
+        self._watch_read_deadline()
+        if self._unfed or len(self._waiting) >= MAX_WAITING:
+            self._pause_reading()
 
     def eof_received(self) -> bool:
         """Half-closed by the client: answer what it sent, then close."""
@@ -160,6 +173,7 @@ class Connection(asyncio.Protocol):
         # A request in flight is left to finish (bounded by request-timeout): its API call may be
         # shared with other connections' lookups of the same key; its answer is dropped.
         self._waiting.clear()
+        self._unfed = b""
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -182,7 +196,7 @@ class Connection(asyncio.Protocol):
         """Stop reading; close once every request already received is answered."""
         self._draining = True
         self._pause_reading()
-        if self._in_flight is None and not self._waiting:
+        if self._in_flight is None and not self._waiting and not self._unfed:
             self._close()
 
     def abort(self) -> None:
@@ -197,6 +211,8 @@ class Connection(asyncio.Protocol):
         Stops while the client is not reading its replies; resume_writing() picks up again.
         """
         while not self._writing_paused:
+            if len(self._waiting) < MAX_WAITING and self._unfed:
+                self._feed()
             if not self._waiting:
                 if self._draining:
                     self._close()
@@ -237,16 +253,22 @@ class Connection(asyncio.Protocol):
 
     def _give_up(self, error: PermanentError | TemporaryError) -> None:
         """Stop reading; answer what came before, then this error, then close."""
-        if any(isinstance(request, _Fatal) for request in self._waiting):
-            return
-        self._waiting.append(_Fatal(error))
-        self.drain()
+        self._queue_fatal(error)
         if self._in_flight is None:
             self._answer_next()
 
+    def _queue_fatal(self, error: PermanentError | TemporaryError) -> None:
+        """This error after what came before; nothing received later is decoded or answered."""
+        if any(isinstance(request, _Fatal) for request in self._waiting):
+            return
+        self._unfed = b""
+        self._waiting.append(_Fatal(error))
+        self.drain()
+
     def _watch_read_deadline(self) -> None:
-        """A request that has started must be complete within ``read_timeout`` (slow clients)."""
-        if self._decoder.has_partial:
+        """A request that has started must be complete within ``read_timeout`` (slow clients);
+        bytes received but not yet decoded are no client's slowness."""
+        if self._decoder.has_partial and not self._unfed:
             if self._read_deadline is None:
                 self._read_deadline = self._loop.call_later(
                     self._limits.read_timeout, self._on_read_deadline
@@ -284,6 +306,7 @@ class Connection(asyncio.Protocol):
             and not self._draining
             and not self._writing_paused
             and len(self._waiting) < MAX_WAITING
+            and not self._unfed
             and self._transport is not None
             and not self._transport.is_closing()
         ):
@@ -298,7 +321,8 @@ class Connection(asyncio.Protocol):
         """
         idle_for = self._loop.time() - self._last_activity
         idle_timeout = self._limits.idle_timeout
-        if self._in_flight is None and not self._waiting and idle_for >= idle_timeout:
+        busy = self._in_flight is not None or self._waiting or self._unfed
+        if not busy and idle_for >= idle_timeout:
             log.debug("closing connection idle for %.0f s", idle_for)
             self._close()
             return
