@@ -385,6 +385,30 @@ async def test_a_started_request_must_finish_within_read_timeout(
     assert not api.seen
 
 
+async def test_the_read_deadline_runs_from_the_partial_request_not_the_first(
+    api: FakeApi,
+) -> None:
+    """Each write completes one request and starts the next, more slowly in all than
+    read-timeout but each request well within it: none is cut off."""
+    api.answer_json(["v"])
+    writes = 8
+    config = endpoint_config("tcp-lookup", api.url, **{"read-timeout": 1000})
+    async with (
+        running_connector(config) as daemon,
+        AsyncExitStack() as stack,
+    ):
+        reader, writer = await stack.enter_async_context(connected(endpoint_address(daemon)))
+        started = time.monotonic()
+        writer.write(b"get k0")
+        for index in range(1, writes):
+            await asyncio.sleep(0.2)  # the client's own pace: that is what is tested
+            writer.write(b"\nget k%d" % index)
+        writer.write(b"\n")
+        replies = [await asyncio.wait_for(reader.readline(), 10) for _ in range(writes)]
+        assert time.monotonic() - started > 1.0, "the requests took longer than read-timeout"
+        assert replies == [b"200 v\n"] * writes
+
+
 async def test_binding_beyond_loopback_logs_a_warning(
     api: FakeApi, caplog: pytest.LogCaptureFixture
 ) -> None:

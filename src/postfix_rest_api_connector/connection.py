@@ -145,6 +145,7 @@ class Connection(asyncio.Protocol):
     def _feed(self) -> None:
         """Decode received bytes, ``FEED_BYTES`` at a time, while fewer than ``MAX_WAITING``
         requests wait; stop reading while bytes are left over."""
+        progressed = False
         while self._unfed and len(self._waiting) < MAX_WAITING:
             chunk, self._unfed = self._unfed[:FEED_BYTES], self._unfed[FEED_BYTES:]
             try:
@@ -154,9 +155,10 @@ class Connection(asyncio.Protocol):
                 self._queue_fatal(PermanentError(f"malformed request: {error}"))
                 return
             if requests:
+                progressed = True
                 self._waiting.extend(requests)
                 self._last_activity = self._loop.time()
-        self._watch_read_deadline()
+        self._watch_read_deadline(progressed)
         if self._unfed or len(self._waiting) >= MAX_WAITING:
             self._pause_reading()
 
@@ -265,17 +267,18 @@ class Connection(asyncio.Protocol):
         self._waiting.append(_Fatal(error))
         self.drain()
 
-    def _watch_read_deadline(self) -> None:
-        """A request that has started must be complete within ``read_timeout`` (slow clients);
-        bytes received but not yet decoded are no client's slowness."""
-        if self._decoder.has_partial and not self._unfed:
-            if self._read_deadline is None:
-                self._read_deadline = self._loop.call_later(
-                    self._limits.read_timeout, self._on_read_deadline
-                )
-        elif self._read_deadline is not None:
+    def _watch_read_deadline(self, progressed: bool) -> None:
+        """A request that has started must be complete within ``read_timeout`` (slow clients):
+        the deadline runs from the first bytes of the request now partial, so it starts again
+        whenever one completes. Bytes received but not yet decoded are no client's slowness."""
+        partial = self._decoder.has_partial and not self._unfed
+        if self._read_deadline is not None and (progressed or not partial):
             self._read_deadline.cancel()
             self._read_deadline = None
+        if partial and self._read_deadline is None:
+            self._read_deadline = self._loop.call_later(
+                self._limits.read_timeout, self._on_read_deadline
+            )
 
     def _on_write_stalled(self) -> None:
         """The client has read none of its replies for ``read_timeout``: free the slot."""
