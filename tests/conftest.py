@@ -306,3 +306,19 @@ async def tcp_get(port: int, key: str) -> bytes:
         return await asyncio.wait_for(reader.readline(), DEADLINE)
     finally:
         writer.close()
+
+
+@asynccontextmanager
+async def request_held(
+    port: int, stalled: Stalled
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A lookup sent to the connector on ``port``, held by the stalled API until the block ends
+    (then released, and the connection closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"get k\n")
+        await asyncio.wait_for(stalled.received.wait(), DEADLINE)
+        yield reader, writer
+    finally:
+        stalled.release.set()
+        writer.close()

@@ -32,6 +32,7 @@ from conftest import (
     FakeApi,
     Spawn,
     endpoint_config,
+    request_held,
     run_to_end,
     tcp_get,
     write_config,
@@ -233,10 +234,7 @@ async def test_signal_drains_in_flight_request_then_exits_0(
     config = write_config(tmp_path, {"endpoints": [tcp_endpoint(f"{api.url}/lookup")]})
     connector = await spawn(str(config))
     port = await connector.port()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"get k\n")
-        await asyncio.wait_for(stalled.received.wait(), DEADLINE)
+    async with request_held(port, stalled) as (reader, _):
         connector.process.send_signal(signum)
         await connector.expect(re.compile(rf"received {signum.name}$"))
         await connector.expect(re.compile(r"stopping: "))
@@ -244,9 +242,6 @@ async def test_signal_drains_in_flight_request_then_exits_0(
         stalled.release.set()
         assert await asyncio.wait_for(reader.readline(), DEADLINE) == b"200 value\n"
         assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
-    finally:
-        stalled.release.set()
-        writer.close()
     assert await connector.finish() == 0, connector.stderr
     assert connector.lines[-1].endswith(" stopped"), connector.stderr
 
@@ -259,19 +254,12 @@ async def test_a_second_signal_exits_1_without_waiting(
     endpoint = tcp_endpoint(f"{api.url}/lookup")
     config = write_config(tmp_path, {"shutdown-timeout": 60_000, "endpoints": [endpoint]})
     connector = await spawn(str(config))
-    port = await connector.port()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"get k\n")
-        await asyncio.wait_for(stalled.received.wait(), DEADLINE)
+    async with request_held(await connector.port(), stalled) as (reader, _):
         connector.process.send_signal(signal.SIGTERM)
         await connector.expect(re.compile(r"stopping: "))
         connector.process.send_signal(signal.SIGINT)
         assert await connector.finish() == 1, connector.stderr
         assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # never answered
-    finally:
-        stalled.release.set()
-        writer.close()
     assert "second SIGINT: exiting without waiting" in connector.stderr
 
 

@@ -26,6 +26,7 @@ from conftest import (
     FakeApi,
     Spawn,
     endpoint_config,
+    request_held,
     tcp_get,
     write_config,
 )
@@ -265,18 +266,12 @@ async def test_a_second_signal_kills_the_workers_and_exits_1(
         connector = await start(spawn, config)
         for _ in range(2):
             await connector.expect(re.compile(r"listening on"))
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"get k\n")
-            await asyncio.wait_for(stalled.received.wait(), DEADLINE)
+        async with request_held(port, stalled) as (reader, _):
             connector.process.send_signal(signal.SIGTERM)
             await connector.expect(re.compile(r"stopping: answering requests already received"))
             connector.process.send_signal(signal.SIGTERM)
             assert await connector.finish() == 1, connector.stderr
             assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # never answered
-        finally:
-            stalled.release.set()
-            writer.close()
     assert "second SIGTERM: stopping the workers at once" in connector.stderr
 
 
