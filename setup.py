@@ -19,26 +19,9 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED = [
-    "codecs/__init__.py",
-    "codecs/errors.py",
-    "codecs/policy.py",
-    "codecs/socketmap.py",
-    "codecs/tcp_table.py",
-    "httpclient/base.py",
-    "httpclient/codec.py",
-    "httpclient/native.py",
-    "backend.py",
-    "cache.py",
-    "connection.py",
-    "context.py",
-    "model.py",
-    "replies.py",
-    "resilience.py",
-    "service.py",
-    "stats.py",
-]
-"""From the codecs to the HTTP client: the request path, and nothing that runs only at start."""
+COMPILED = ["core", "protocols", "connection", "service", "cache", "backend", "httpclient"]
+"""The packages of the request path, from the codecs to the HTTP client, each compiled whole;
+nothing that runs only at start (config, runtime, supervisors, admin, the command line)."""
 EDITABLE_COMMANDS = {"editable_wheel", "develop"}
 BUILD_COMMANDS = {"bdist_wheel", "build", "build_ext", "install"}
 
@@ -57,7 +40,7 @@ def _compiled_extensions(mode: str) -> list[Extension]:
                     # the build environment lacks the runtime dependencies: their types are Any
                     # here, and checked for real by `mypy --strict` in scripts/test.sh
                     "--ignore-missing-imports",
-                    *(f"src/postfix_rest_api_connector/{module}" for module in COMPILED),
+                    *(f"src/postfix_rest_api_connector/{package}" for package in COMPILED),
                 ],
                 opt_level="3",
                 group_name="postfix_rest_api_connector",

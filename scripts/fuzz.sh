@@ -5,5 +5,5 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 ensure_venv test
-HYPOTHESIS_PROFILE=fuzz "$VENV/bin/pytest" -q -p no:cacheprovider tests/codecs \
+HYPOTHESIS_PROFILE=fuzz "$VENV/bin/pytest" -q -p no:cacheprovider tests/protocols \
     --hypothesis-show-statistics "$@"

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 from multidict import CIMultiDict
 
 from postfix_rest_api_connector.config import parse_config
-from postfix_rest_api_connector.server import Daemon
+from postfix_rest_api_connector.runtime.daemon import Daemon
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -159,7 +159,7 @@ def endpoint_address(daemon: Daemon, index: int = 0) -> tuple[str, int]:
     return host, port
 
 
-async def exchange(
+async def send_and_read(
     address: tuple[str, int], payload: bytes, expect_bytes: int | None = None
 ) -> bytes:
     """Send ``payload`` on a fresh connection and read until EOF or ``expect_bytes`` arrived."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from postfix_rest_api_connector.codecs import Decoder
-from postfix_rest_api_connector.model import LookupRequest, Malformed, PolicyRequest
+from postfix_rest_api_connector.core.model import LookupRequest, Malformed, PolicyRequest
+from postfix_rest_api_connector.protocols import Decoder
 
 Decoded = list[LookupRequest | PolicyRequest | Malformed]
 

@@ -24,10 +24,10 @@ import pytest
 from aiohttp import web
 
 from conftest import FakeApi, endpoint_address, endpoint_config, running_connector
-from postfix_rest_api_connector.backend import policy_outcome
+from postfix_rest_api_connector.backend.contract import policy_outcome
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
-from postfix_rest_api_connector.model import Found
-from postfix_rest_api_connector.server import Daemon
+from postfix_rest_api_connector.core.model import Found
+from postfix_rest_api_connector.runtime.daemon import Daemon
 
 REQUEST_TIMEOUT_MS = 500
 MARGIN = 0.7

@@ -110,11 +110,15 @@ def test_every_module_of_the_request_path_is_built_as_expected() -> None:
         if isinstance(node, ast.Assign)
         and any(isinstance(target, ast.Name) and target.id == "COMPILED" for target in node.targets)
     )
+    source = ROOT / "src" / "postfix_rest_api_connector"
     modules = [
-        "postfix_rest_api_connector." + path.removesuffix(".py").replace("/", ".")
-        for path in ast.literal_eval(listed)
+        ".".join(
+            ("postfix_rest_api_connector", *path.relative_to(source).with_suffix("").parts)
+        ).removesuffix(".__init__")
+        for package in ast.literal_eval(listed)
+        for path in sorted((source / package).glob("*.py"))
     ]
-    assert "postfix_rest_api_connector.connection" in modules
+    assert "postfix_rest_api_connector.connection.handler" in modules
     compiled = {
         module: not str(importlib.import_module(module).__file__).endswith(".py")
         for module in modules

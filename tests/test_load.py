@@ -19,7 +19,7 @@ from aiohttp import web
 
 from conftest import FakeApi, endpoint_address, endpoint_config, running_connector
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
-from postfix_rest_api_connector.server import Daemon
+from postfix_rest_api_connector.runtime.daemon import Daemon
 
 CONNECTIONS = 1000
 REQUESTS_PER_CONNECTION = 4

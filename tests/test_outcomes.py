@@ -21,7 +21,11 @@ from hypothesis import strategies as st
 
 from conftest import FakeApi, endpoint_address, endpoint_config, netstring, running_connector
 from postfix_rest_api_connector import __version__
-from postfix_rest_api_connector.backend import cache_max_age, decoded_outcome, lookup_outcome
+from postfix_rest_api_connector.backend.contract import (
+    cache_max_age,
+    decoded_outcome,
+    lookup_outcome,
+)
 from postfix_rest_api_connector.config import DEFAULT_FAILURE_ACTION
 
 FAILURE = f"action={DEFAULT_FAILURE_ACTION}\n\n".encode()

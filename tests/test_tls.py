@@ -21,7 +21,7 @@ from aiohttp import web
 
 from conftest import FakeApi, endpoint_address, endpoint_config, running_connector, write_config
 from postfix_rest_api_connector.config import load_config
-from postfix_rest_api_connector.server import Daemon
+from postfix_rest_api_connector.runtime.daemon import Daemon
 
 DEADLINE = 10.0
 REQUEST_TIMEOUT = 1000

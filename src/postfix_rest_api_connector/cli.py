@@ -15,8 +15,8 @@ import uvloop
 from . import __version__, commands, demo
 from .config import Config, ConfigError, load_config, parse_config
 from .log import configure
-from .server import Daemon, StartupError
-from .supervisor import Supervisor, Worker
+from .runtime.daemon import Daemon, StartupError, Worker
+from .supervisors.workers import Supervisor
 
 EX_CONFIG = 78
 """sysexits.h: configuration error; systemd and Postfix administrators know it."""
@@ -70,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
 def build() -> str:
     """Whether this install runs the request path compiled (setup.py), so that an admin can
     tell from ``--version`` or the log which one a machine got."""
-    from . import connection  # noqa: PLC0415 - imported by every run anyway
+    from .connection import handler  # noqa: PLC0415 - imported by every run anyway
 
-    compiled = not connection.__file__.endswith(".py")
+    compiled = not handler.__file__.endswith(".py")
     return "request path compiled with mypyc" if compiled else "interpreted"
 
 
@@ -95,9 +95,9 @@ def _run_daemon(config: Config, worker: Worker | None, path: str) -> int:
 
 
 async def _serve_demo(base_port: int) -> None:
-    from . import demo_api  # noqa: PLC0415 - aiohttp only where the demo needs it
+    from .demo import api  # noqa: PLC0415 - aiohttp only where the demo needs it
 
-    runner, api_url = await demo_api.start_api()
+    runner, api_url = await api.start_api()
 
     def announce(daemon: Daemon) -> None:
         tcp, socketmap, policy = (endpoint.addresses[0][1] for endpoint in daemon.endpoints)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 
 from .backend import RestBackend
-from .codecs import policy
+from .cache import open_cache
 from .config import Config, EndpointConfig
-from .endpoint import backend_settings, service_settings
-from .model import Found, LookupRequest, NotFound, Outcome, PolicyRequest
-from .replies import policy_reply, socketmap_reply, tcp_table_reply
+from .config.settings import backend_settings, cache_settings, reply_options, service_settings
+from .core.model import Found, LookupRequest, NotFound, PolicyRequest, Request
+from .protocols.modes import Call
+from .runtime.endpoint import service_call
 from .service import EndpointService
 
 
@@ -53,15 +54,21 @@ async def query(config: Config, endpoint_name: str, args: list[str], map_name: s
         names = ", ".join(e.name for e in config.endpoints)
         print(f"no endpoint named {endpoint_name!r} (endpoints: {names})", file=sys.stderr)
         return 2
-    backend = RestBackend(backend_settings(endpoint, config.user_agent, endpoint.token()))
-    service = EndpointService(endpoint.name, backend, service_settings(endpoint))
     try:
-        outcome, reply = await _ask(endpoint, service, args, map_name)
+        request = _request(endpoint, args, map_name)
     except QueryError as error:
         print(error, file=sys.stderr)
         return 2
+    backend = RestBackend(backend_settings(endpoint, config.user_agent, endpoint.token()))
+    service = EndpointService(
+        endpoint.name, backend, service_settings(endpoint), open_cache(cache_settings(endpoint))
+    )
+    try:
+        ask, _ = service_call(service, endpoint.mode_spec.call)
+        outcome = await ask(request)
     finally:
         await backend.close()
+    reply = endpoint.mode_spec.new_replies(reply_options(endpoint))(request, outcome)
     print(f"postfix gets: {reply!r}", file=sys.stderr)
     if isinstance(outcome, Found):
         print(outcome.value)
@@ -69,20 +76,19 @@ async def query(config: Config, endpoint_name: str, args: list[str], map_name: s
     return 1 if isinstance(outcome, NotFound) else EX_TEMPFAIL
 
 
-async def _ask(
-    endpoint: EndpointConfig, service: EndpointService, args: list[str], map_name: str | None
-) -> tuple[Outcome, bytes]:
-    if endpoint.mode == "policy":
-        attributes = tuple(
-            (name.encode(), value.encode()) for name, _, value in (a.partition("=") for a in args)
+def _request(endpoint: EndpointConfig, args: list[str], map_name: str | None) -> Request:
+    """The request Postfix would send, from the command line, as the table of modes says."""
+    mode = endpoint.mode_spec
+    if mode.call is Call.POLICY:
+        return PolicyRequest(
+            tuple(
+                (name.encode(), value.encode())
+                for name, _, value in (a.partition("=") for a in args)
+            )
         )
-        outcome = await service.check_policy(PolicyRequest(attributes))
-        return outcome, policy_reply(outcome, policy.encode_reply(endpoint.failure_action))
     key = " ".join(args).encode()
-    if endpoint.mode == "socketmap-lookup":
-        if not map_name:
-            raise QueryError("a socketmap endpoint needs --map NAME, as Postfix always sends one")
-        outcome = await service.lookup(LookupRequest(key, (map_name or "").encode()))
-        return outcome, socketmap_reply(outcome)
-    outcome = await service.lookup(LookupRequest(key))
-    return outcome, tcp_table_reply(outcome)
+    if not mode.names_maps:
+        return LookupRequest(key)
+    if not map_name:
+        raise QueryError(f"a {mode.name} endpoint needs --map NAME, as Postfix always sends one")
+    return LookupRequest(key, map_name.encode())

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .context import request_id
+from .core.context import request_id
 
 
 class _RequestIdFilter(logging.Filter):

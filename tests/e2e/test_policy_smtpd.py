@@ -31,7 +31,7 @@ import pytest
 from aiohttp import web
 
 from conftest import FakeApi, SeenRequest, endpoint_address, endpoint_config, running_connector
-from postfix_rest_api_connector.server import Daemon
+from postfix_rest_api_connector.runtime.daemon import Daemon
 
 pytestmark = pytest.mark.postfix
 

@@ -11,7 +11,7 @@ import asyncio
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -24,16 +24,20 @@ from postfix_rest_api_connector.httpclient import (
     ClientSettings,
     ConnectError,
     ConnectionClosed,
+    Headers,
     HttpError,
     HttpResponse,
     InvalidResponse,
     RequestTimeout,
     ResponseTooLarge,
+    Target,
     native,
     open_client,
     uses_native_client,
 )
-from postfix_rest_api_connector.httpclient.native import FALLBACK_DELAY, NativeClient
+from postfix_rest_api_connector.httpclient.dialing import FALLBACK_DELAY, first_to_connect
+from postfix_rest_api_connector.httpclient.native import NativeClient
+from postfix_rest_api_connector.httpclient.native_connection import Deadlines, PooledConnection
 from postfix_rest_api_connector.httpclient.reqwest import ReqwestClient
 
 DEADLINE = 5.0
@@ -205,21 +209,44 @@ async def raw_server(
         await listener.wait_closed()
 
 
-def client_settings(target: str, **changes: Any) -> ClientSettings:
+def client_settings(**changes: Any) -> ClientSettings:
     settings = ClientSettings(
-        target=target,
-        user_agent=USER_AGENT,
-        token=TOKEN,
-        accept_json=True,
-        timeout=DEADLINE,
-        max_body_bytes=65536,
+        user_agent=USER_AGENT, accept_json=True, timeout=DEADLINE, max_body_bytes=65536
     )
     return replace(settings, **changes)
 
 
+Pending = Coroutine[Any, Any, HttpResponse]
+
+
+@dataclass
+class Asking:
+    """A native client and the one target its requests go to, with the token's header as the
+    backend would give it."""
+
+    client: NativeClient
+    target: Target
+    headers: Headers
+
+    def get(self, query: str, request_id: str, budget: float | None) -> Pending:
+        return self.client.get(self.target, query, self.headers, request_id, budget)
+
+    def post_form(self, body: bytes, request_id: str, budget: float | None) -> Pending:
+        return self.client.post_form(self.target, body, self.headers, request_id, budget)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def asking(target: str, token: str | None = TOKEN, **changes: Any) -> Asking:
+    parsed = Target.parse(target)
+    headers = Headers.of((("X-Auth-Token", token),) if token is not None else ())
+    return Asking(NativeClient(parsed, client_settings(**changes)), parsed, headers)
+
+
 @asynccontextmanager
-async def native_client(target: str, **changes: Any) -> AsyncIterator[NativeClient]:
-    client = NativeClient(client_settings(target, **changes))
+async def native_client(target: str, **changes: Any) -> AsyncIterator[Asking]:
+    client = asking(target, **changes)
     try:
         yield client
     finally:
@@ -770,7 +797,7 @@ async def test_cancellation_as_the_answer_arrives_does_not_strand_the_next_reque
 
     go = asyncio.Event()
 
-    async def request_b(client: NativeClient) -> HttpResponse:
+    async def request_b(client: Asking) -> HttpResponse:
         await go.wait()
         return await client.get("key=b", "rid-b", None)
 
@@ -793,7 +820,7 @@ async def test_cancellation_as_the_answer_arrives_does_not_strand_the_next_reque
 
 async def test_close_closes_every_connection() -> None:
     async with raw_server(Held(3)) as server:
-        client = NativeClient(client_settings(server.url))
+        client = asking(server.url)
         await asyncio.gather(*(client.get("key=k", f"rid-{n}", None) for n in range(3)))
         assert len(server.open_connections) == 3
 
@@ -806,7 +833,7 @@ async def test_close_fails_a_request_in_flight() -> None:
     """Every failure is an ``HttpError``: closing the client under a request must not leave the
     request waiting forever (its own deadline is far away)."""
     async with raw_server(never_answers) as server:
-        client = NativeClient(client_settings(server.url, timeout=30.0))
+        client = asking(server.url, timeout=30.0)
         task = asyncio.create_task(client.get("key=k", "rid-1", None))
         await server.until_requests(1)
 
@@ -841,21 +868,24 @@ async def test_close_fails_a_request_in_flight() -> None:
 def test_control_characters_in_header_values_are_refused_at_construction(
     setting: str, value: str
 ) -> None:
-    settings = client_settings("http://127.0.0.1:1/lookup", **{setting: value})
-
     with pytest.raises(ValueError, match="control character") as raised:
-        NativeClient(settings)
+        asking("http://127.0.0.1:1/lookup", **{setting: value})
 
     for text in (str(raised.value), repr(raised.value)):
         assert "s3cret" not in text
         assert "X-Injected" not in text
-    assert "s3cret" not in repr(settings)
+
+
+def test_headers_show_no_value() -> None:
+    headers = Headers.of((("X-Auth-Token", TOKEN),))
+    assert TOKEN not in repr(headers)
+    assert TOKEN not in str(headers)
 
 
 def test_native_client_refuses_targets_it_cannot_serve() -> None:
     for target in ("https://127.0.0.1/lookup", "http://user:pw@127.0.0.1/lookup"):
         with pytest.raises(ValueError, match="plain http"):
-            NativeClient(client_settings(target))
+            NativeClient(Target.parse(target), client_settings())
 
 
 @pytest.fixture
@@ -896,7 +926,7 @@ async def test_client_selection_by_target(
     no_proxy_env: pytest.MonkeyPatch, target: str, native_expected: bool
 ) -> None:
     assert uses_native_client(target) is native_expected
-    client = open_client(client_settings(target))
+    client = open_client(Target.parse(target), client_settings())
     try:
         assert isinstance(client, NativeClient if native_expected else ReqwestClient)
     finally:
@@ -910,7 +940,7 @@ async def test_proxy_in_the_environment_selects_reqwest(
     no_proxy_env.setenv(variable, "http://proxy.example:3128")
 
     assert not uses_native_client("http://127.0.0.1:8080/lookup")
-    client = open_client(client_settings("http://127.0.0.1:8080/lookup"))
+    client = open_client(Target.parse("http://127.0.0.1:8080/lookup"), client_settings())
     try:
         assert isinstance(client, ReqwestClient)
     finally:
@@ -992,7 +1022,7 @@ async def test_a_host_name_is_resolved_and_its_addresses_tried_in_turn() -> None
 
 async def test_a_closed_client_makes_no_request_and_keeps_no_connection() -> None:
     async with raw_server() as server:
-        client = NativeClient(client_settings(server.url))
+        client = asking(server.url)
         connecting = asyncio.ensure_future(client.get("key=k", "rid-1", None))
         await asyncio.sleep(0)  # the request is now connecting
         await client.close()
@@ -1024,15 +1054,29 @@ async def test_a_slow_first_address_is_raced_not_waited_for() -> None:
                 await never.wait()
             return await real_loop.create_connection(factory, "127.0.0.1", port, **kw)
 
-    async with raw_server() as server, native_client(server.url) as client:
+    async with raw_server() as server:
         addresses = [
             (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", server.port)),
             (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port)),
         ]
         began = time.monotonic()
-        connection = await client._first_to_connect(cast(Any, SlowFirstAddressLoop()), addresses)
+        connection = await first_to_connect(
+            cast(Any, SlowFirstAddressLoop()),
+            addresses,
+            lambda: PooledConnection(NoPool(), Deadlines()),
+        )
         took = time.monotonic() - began
         connection.close()
 
     assert started == ["192.0.2.1", "127.0.0.1"]
     assert FALLBACK_DELAY <= took < FALLBACK_DELAY + 1.0
+
+
+class NoPool:
+    """Where a connection made outside any client goes back: nowhere."""
+
+    def release(self, connection: PooledConnection) -> None:
+        connection.close()
+
+    def forget(self, connection: PooledConnection) -> None:
+        pass

@@ -20,8 +20,10 @@ from .base import (
     InvalidResponse,
     RequestTimeout,
     ResponseTooLarge,
+    Target,
 )
 from .codec import HttpResponse
+from .headers import Headers
 
 _POOL_IDLE_PER_HOST = 1024
 """Enough idle keep-alive connections that steady load opens no new ones."""
@@ -29,18 +31,12 @@ _FORM = "application/x-www-form-urlencoded"
 
 
 class ReqwestClient:
-    """One pyreqwest client per endpoint; its errors come out as ``HttpError``."""
+    """One pyreqwest client per endpoint, for any of its targets; its errors come out as
+    ``HttpError``."""
 
     def __init__(self, settings: ClientSettings) -> None:
-        self._target = settings.target
-        target = settings.target
-        self._query_prefix = target + (
-            "" if target.endswith(("?", "&")) else "&" if "?" in target else "?"
-        )
         self._max_body = settings.max_body_bytes
         headers = {"Accept": "application/json"} if settings.accept_json else {}
-        if settings.token is not None:
-            headers["X-Auth-Token"] = settings.token
         builder = (
             ClientBuilder()
             .user_agent(settings.user_agent)
@@ -54,24 +50,34 @@ class ReqwestClient:
             builder = builder.add_root_certificate_pem(settings.ca_pem)
         self._client = builder.build()
 
-    def get(self, query: str, request_id: str, budget: float | None) -> Awaitable[HttpResponse]:
-        return self._send(lambda: self._client.get(self._query_prefix + query), request_id, budget)
+    def get(
+        self, target: Target, query: str, headers: Headers, request_id: str, budget: float | None
+    ) -> Awaitable[HttpResponse]:
+        url = target.url_prefix + query
+        return self._send(lambda: self._client.get(url), headers, request_id, budget)
 
     def post_form(
-        self, body: bytes, request_id: str, budget: float | None
+        self, target: Target, body: bytes, headers: Headers, request_id: str, budget: float | None
     ) -> Awaitable[HttpResponse]:
         def build() -> RequestBuilder:
-            return self._client.post(self._target).header("Content-Type", _FORM).body_bytes(body)
+            return self._client.post(target.url).header("Content-Type", _FORM).body_bytes(body)
 
-        return self._send(build, request_id, budget)
+        return self._send(build, headers, request_id, budget)
 
     async def _send(
-        self, build: Callable[[], RequestBuilder], request_id: str, budget: float | None
+        self,
+        build: Callable[[], RequestBuilder],
+        headers: Headers,
+        request_id: str,
+        budget: float | None,
     ) -> HttpResponse:
         """The body is read only for a 200, and only up to the limit. Building the request is
         inside the guard too: pyreqwest may refuse it, and that must come out as an HttpError."""
         try:
-            builder = build().header("X-Request-Id", request_id)
+            builder = build()
+            for name, value in headers.pairs:
+                builder = builder.header(name, value)
+            builder = builder.header("X-Request-Id", request_id)
             if budget is not None:
                 builder = builder.timeout(timedelta(seconds=budget))
             async with builder.build_streamed() as response:
@@ -82,12 +88,12 @@ class ReqwestClient:
                         body += chunk
                         if len(body) > self._max_body:
                             raise ResponseTooLarge("API answer exceeds max-response-bytes")
-                headers = response.headers
+                fields = response.headers
                 return HttpResponse(
                     response.status,
                     bytes(body),
-                    headers.get("content-type"),
-                    ", ".join(headers.getall("cache-control")) or None,  # as the native client
+                    fields.get("content-type"),
+                    ", ".join(fields.getall("cache-control")) or None,  # as the native client
                 )
         except PyreqwestError as error:
             raise _http_error(error) from None

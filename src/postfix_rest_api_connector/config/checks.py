@@ -1,0 +1,102 @@
+"""What the schema alone cannot say: rules that span keys, endpoints and the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from ..httpclient import headers
+from ..protocols.modes import MODE_KEYS, MODES, Call, modes_accepting
+from .schema import Config, EndpointConfig
+
+
+def _token_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
+    """One token source at most, and it must yield a token now, not at the first lookup."""
+    sources = [
+        key
+        for key, value in (
+            ("auth-token", endpoint.auth_token),
+            ("auth-token-file", endpoint.auth_token_file),
+            ("auth-token-env", endpoint.auth_token_env),
+        )
+        if value is not None
+    ]
+    if len(sources) > 1:
+        yield f"{where}.{sources[1]}: give only one of auth-token, auth-token-file, auth-token-env"
+        return
+    if not sources:
+        return
+    if endpoint.auth_token_env is not None and endpoint.auth_token_env not in os.environ:
+        yield f"{where}.auth-token-env: environment variable {endpoint.auth_token_env} is not set"
+        return
+    try:
+        token = endpoint.token() or ""
+    except (OSError, UnicodeDecodeError) as error:
+        yield f"{where}.auth-token-file: cannot read: {error.__class__.__name__}"
+        return
+    if not _printable_ascii(token):
+        yield f"{where}.{sources[0]}: must be one line of printable ASCII, not empty"
+
+
+def _printable_ascii(token: str) -> bool:
+    """A header value, and one that survives being written to a file and read back."""
+    return (
+        headers.value_problem(token) is None
+        and token.isascii()
+        and token.strip(" ") == token
+        and bool(token)
+    )
+
+
+def cross_checks(config: Config) -> Iterator[str]:
+    if not config.endpoints:
+        yield "endpoints: must list at least one endpoint"
+    if (config.workers or 1) > 1 and config.any_free_port:
+        yield "workers: several workers need fixed ports; a bind-port of 0 needs workers 1"
+    if config.metrics is not None and config.metrics.bind_port + config.effective_workers > 65536:
+        yield "metrics.bind-port: too high for one port per worker (bind-port + workers - 1)"
+    first_with_name: dict[str, int] = {}
+    first_on_address: dict[tuple[str, int], int] = {}
+    for index, endpoint in enumerate(config.endpoints):
+        where = f"endpoints[{index}]"
+        if endpoint.name in first_with_name:
+            other = first_with_name[endpoint.name]
+            yield f"{where}.name: duplicate name {endpoint.name!r} (also endpoints[{other}])"
+        first_with_name.setdefault(endpoint.name, index)
+        address = (endpoint.bind_path or endpoint.bind_address.lower(), endpoint.bind_port or 0)
+        if (endpoint.bind_port or endpoint.bind_path) and address in first_on_address:
+            other = first_on_address[address]
+            key = "bind-path" if endpoint.bind_path else "bind-port"
+            yield (
+                f"{where}.{key}: {endpoint.listen_description}"
+                f" is already used by endpoints[{other}]"
+            )
+        first_on_address.setdefault(address, index)
+        metrics = config.metrics
+        if (
+            metrics is not None
+            and metrics.bind_port
+            and address[0] == metrics.bind_address.lower()
+            and metrics.bind_port <= address[1] < metrics.bind_port + config.effective_workers
+        ):
+            yield (
+                f"{where}.bind-port: {endpoint.listen_description} is a metrics listener's"
+                " (worker i listens on metrics.bind-port + i)"
+            )
+        yield from _token_problems(endpoint, where)
+        yield from _mode_problems(endpoint, where)
+
+
+def _mode_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
+    """Keys the table of modes gives to other modes than this endpoint's."""
+    accepted = MODES[endpoint.mode].keys
+    for field in sorted(endpoint.model_fields_set):
+        key = EndpointConfig.model_fields[field].alias or field
+        if key in MODE_KEYS and key not in accepted:
+            yield f"{where}.{key}: only applies to {_modes_phrase(modes_accepting(key))}"
+
+
+def _modes_phrase(names: list[str]) -> str:
+    if all(MODES[name].call is Call.LOOKUP for name in names) and len(names) > 1:
+        return "the lookup modes"
+    return "mode " + " or ".join(f"'{name}'" for name in names)

@@ -1,0 +1,257 @@
+"""The JSON config's schema: the predecessors' keys unchanged, as frozen pydantic models.
+
+``loading`` validates a file into these and ``checks`` adds what spans several keys; every
+problem becomes one line naming its key path (``endpoints[1].bind-port: ...``), so that an
+administrator can fix the file without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pyreqwest.http import Url
+
+from .. import __version__
+from ..httpclient import headers
+from ..protocols import DEFAULT_MAX_ATTRIBUTES, DEFAULT_MAX_REQUEST, policy
+from ..protocols.modes import MODES, Mode
+
+DEFAULT_USER_AGENT = f"postfix-rest-api-connector/{__version__}"
+DEFAULT_FAILURE_ACTION = "DEFER_IF_PERMIT Service temporarily unavailable"
+_DEFERRING_ACTIONS = re.compile(
+    r"(?i:REJECT|DEFER|DEFER_IF_PERMIT|DEFER_IF_REJECT)(?:\s.*)?|[45]\d\d\s+\S.*", re.DOTALL
+)
+"""Failure actions that never accept mail. Postfix permits on OK, RELAY, any all-digit value
+(a bare ``451`` too), and runs any other word as a restriction (``permit``...)."""
+
+if TYPE_CHECKING:
+    ModeName = str
+else:
+    ModeName = Literal[tuple(MODES)]
+    """One of the table of modes' names (``protocols.modes``), nothing else."""
+
+
+def _check_target(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.fragment:
+        raise ValueError("must not contain a #fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        Url(url)  # the HTTP client's own parser, so that no request can fail on it later
+    except ValueError as error:
+        raise ValueError(f"is not a valid URL: {error}") from None
+    return url
+
+
+def _check_header_text(value: str) -> str:
+    """Sent as a header on every request: a control character would end or split the header."""
+    problem = headers.value_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _check_ca_file(path: Path | None) -> Path | None:
+    """Load the CAs now: a file that is not PEM certificates would otherwise fail every lookup."""
+    if path is not None:
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(f"cannot load PEM certificates: {error}") from None
+    return path
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _check_bind_address(address: str) -> str:
+    """An IP address, or a host name such as ``localhost`` as the predecessors accepted."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(address):
+            raise ValueError("must be an IP address or a host name") from None
+    return address
+
+
+def _check_failure_action(action: str) -> str:
+    problem = policy.check_action(action)
+    if problem is not None:
+        raise ValueError(problem)
+    if not _DEFERRING_ACTIONS.fullmatch(action):
+        raise ValueError(
+            "must not let mail through when the API fails: use REJECT, DEFER, DEFER_IF_PERMIT,"
+            " DEFER_IF_REJECT or a 4xx/5xx code with text"
+        )
+    return action
+
+
+Milliseconds = Annotated[int, Field(strict=True)]
+
+
+class EndpointConfig(BaseModel):
+    """One listener and the REST target it asks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(min_length=1)
+    mode: ModeName
+    target: Annotated[str, AfterValidator(_check_target)]
+    bind_address: Annotated[str, AfterValidator(_check_bind_address)] = Field(
+        "127.0.0.1", alias="bind-address"
+    )
+    bind_port: int | None = Field(None, alias="bind-port", ge=0, le=65535)
+    bind_path: str | None = Field(None, alias="bind-path", pattern=r"^/.+", max_length=100)
+    socket_mode: str = Field("0660", alias="socket-mode", pattern=r"^0?[0-7]{3}$")
+    socket_owner: str | None = Field(
+        None, alias="socket-owner", pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.-]+)?$"
+    )
+    auth_token: SecretStr | None = Field(None, alias="auth-token")
+    auth_token_file: FilePath | None = Field(None, alias="auth-token-file")
+    auth_token_env: str | None = Field(None, alias="auth-token-env", min_length=1)
+    request_timeout: Milliseconds = Field(2000, alias="request-timeout", ge=1, le=99_000)
+    """Below Postfix's own 100 s, after which it gives up and asks again."""
+    list_separator: str = Field(",", alias="list-separator")
+    idle_timeout: Milliseconds = Field(600_000, alias="idle-timeout", ge=1_000, le=86_400_000)
+    read_timeout: Milliseconds = Field(10_000, alias="read-timeout", ge=100, le=600_000)
+    max_connections: int = Field(2048, alias="max-connections", ge=1, le=1_000_000)
+    failure_action: Annotated[str, AfterValidator(_check_failure_action)] = Field(
+        DEFAULT_FAILURE_ACTION, alias="failure-action"
+    )
+    max_request_bytes: int = Field(
+        DEFAULT_MAX_REQUEST, alias="max-request-bytes", ge=512, le=16 * 1024 * 1024
+    )
+    max_policy_attributes: int = Field(
+        DEFAULT_MAX_ATTRIBUTES, alias="max-policy-attributes", ge=32, le=100_000
+    )
+    max_response_bytes: int = Field(
+        1024 * 1024, alias="max-response-bytes", ge=1024, le=64 * 1024 * 1024
+    )
+    tls_ca_file: Annotated[FilePath | None, AfterValidator(_check_ca_file)] = Field(
+        None, alias="tls-ca-file"
+    )
+    cache_ttl: Milliseconds = Field(0, alias="cache-ttl", ge=0, le=86_400_000)
+    negative_cache_ttl: Milliseconds = Field(0, alias="negative-cache-ttl", ge=0, le=86_400_000)
+    cache_max_entries: int = Field(10_000, alias="cache-max-entries", ge=1, le=10_000_000)
+    cache_control: bool = Field(True, alias="cache-control")
+    stale_if_error: Milliseconds = Field(0, alias="stale-if-error", ge=0, le=7 * 86_400_000)
+    retries: int | None = Field(None, ge=0, le=10)
+    retry_backoff: Milliseconds = Field(25, alias="retry-backoff", ge=1, le=60_000)
+    breaker_failures: int = Field(0, alias="breaker-failures", ge=0, le=1_000_000)
+    breaker_cooldown: Milliseconds = Field(5_000, alias="breaker-cooldown", ge=100, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _one_listener(self) -> EndpointConfig:
+        """A TCP port or a unix socket path: exactly one (reported with the key's name)."""
+        if self.bind_port is None and self.bind_path is None:
+            raise ValueError("bind-port: Field required (or bind-path for a unix socket)")
+        if self.bind_port is not None and self.bind_path is not None:
+            raise ValueError("bind-path: give either bind-port or bind-path, not both")
+        if self.bind_path is None and self.model_fields_set & {"socket_mode", "socket_owner"}:
+            raise ValueError("socket-mode: socket-mode and socket-owner only apply with bind-path")
+        return self
+
+    @property
+    def target_for_logs(self) -> str:
+        """The target without user info or query string, which may carry secrets."""
+        parts = urlsplit(self.target)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+
+    @property
+    def listen_description(self) -> str:
+        if self.bind_path is not None:
+            return f"unix:{self.bind_path}"
+        host = self.bind_address
+        return f"[{host}]:{self.bind_port}" if ":" in host else f"{host}:{self.bind_port}"
+
+    def token(self) -> str | None:
+        """The auth token from whichever source the config names (checked at load)."""
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value()
+        if self.auth_token_file is not None:
+            return self.auth_token_file.read_text(encoding="utf-8").strip()
+        if self.auth_token_env is not None:
+            return os.environ[self.auth_token_env]
+        return None
+
+    @property
+    def mode_spec(self) -> Mode:
+        return MODES[self.mode]
+
+    @property
+    def effective_retries(self) -> int:
+        """The mode's default unless configured (lookups retry once, policy requests never)."""
+        if self.retries is not None:
+            return self.retries
+        return self.mode_spec.default_retries
+
+    @field_validator("tls_ca_file", "auth_token_file", mode="before")
+    @classmethod
+    def _path_from_string(cls, value: object) -> object:
+        return Path(value) if isinstance(value, str) else value
+
+
+class MetricsConfig(BaseModel):
+    """The optional HTTP listener for ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    bind_address: Annotated[str, AfterValidator(_check_bind_address)] = Field(
+        "127.0.0.1", alias="bind-address"
+    )
+    bind_port: int = Field(alias="bind-port", ge=0, le=65535)
+
+
+class Config(BaseModel):
+    """The whole file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    user_agent: Annotated[str, AfterValidator(_check_header_text)] = Field(
+        DEFAULT_USER_AGENT, alias="user-agent", min_length=1
+    )
+    shutdown_timeout: Milliseconds = Field(10_000, alias="shutdown-timeout", ge=0, le=600_000)
+    metrics: MetricsConfig | None = None
+    workers: int | None = Field(None, ge=1, le=256)
+    """Processes; ``None`` (the default) is one per CPU this process may run on."""
+    endpoints: tuple[EndpointConfig, ...]
+
+    @property
+    def any_free_port(self) -> bool:
+        """Some listener asks for any free port (0): each worker would get a different one."""
+        ports = [e.bind_port for e in self.endpoints if e.bind_path is None]
+        if self.metrics is not None:
+            ports.append(self.metrics.bind_port)
+        return 0 in ports
+
+    @property
+    def effective_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return 1 if self.any_free_port else len(os.sched_getaffinity(0))
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _tuple_from_list(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value

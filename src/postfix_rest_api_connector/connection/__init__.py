@@ -1,0 +1,9 @@
+"""Connection handling, the same for every mode: the asyncio protocol between a socket and a
+mode's codec, reply table and service call."""
+
+from __future__ import annotations
+
+from .handler import Connection, Limits, ModeBinding
+from .tracker import ConnectionTracker
+
+__all__ = ["Connection", "ConnectionTracker", "Limits", "ModeBinding"]

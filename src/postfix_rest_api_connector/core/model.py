@@ -1,0 +1,96 @@
+"""The requests every mode decodes and the closed set of outcomes every mode answers.
+
+Codecs turn bytes into these requests; the service turns a request into an outcome; one table per
+protocol (its module in ``protocols``) turns an outcome into bytes. Nothing else crosses the layers.
+
+A request field that may hold a secret (a password) is declared with ``secret()``: it is left out
+of the request's ``repr``, so the DEBUG line of a request, or any other log line that shows one,
+cannot carry it by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SECRET = "secret"  # noqa: S105 - the name of a metadata key, not a password
+"""The field metadata key that ``secret()`` sets."""
+
+
+def secret() -> Any:
+    """A dataclass field that never appears in ``repr`` (and says so in its metadata)."""
+    return field(repr=False, metadata={SECRET: True})
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRequest:
+    """A table lookup: tcp_table has no map name, socketmap always has one."""
+
+    key: bytes
+    map_name: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """One policy-delegation request: the attributes in the order Postfix sent them."""
+
+    attributes: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request that was framed correctly but cannot be served; the connection stays usable."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A value (lookups: the joined list; policy: the action line)."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    """A definite miss: the only outcome that may make Postfix bounce mail as unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class TemporaryError:
+    """The API failed in a way that may pass: Postfix must defer, never bounce."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PermanentError:
+    """The API or the request is misconfigured: still an error for Postfix, never a miss."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """The API did not answer within the endpoint's request timeout."""
+
+    reason: str
+
+
+Request = LookupRequest | PolicyRequest | Malformed
+"""Whatever a decoder gives the connection."""
+Outcome = Found | NotFound | TemporaryError | PermanentError | Timeout
+Failure = TemporaryError | PermanentError | Timeout
+
+NOT_FOUND = NotFound()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A lookup outcome with the API's caching instruction (``Cache-Control``).
+
+    ``max_age`` is ``None`` when the API said nothing, ``0`` for ``no-store``/``no-cache``.
+    """
+
+    outcome: Outcome
+    max_age: float | None = None

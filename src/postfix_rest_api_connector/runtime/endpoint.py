@@ -1,0 +1,234 @@
+"""One configured endpoint: its mode's codec and reply table wired to its service, and its
+listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+from ..backend import RestBackend
+from ..cache import open_cache
+from ..config import EndpointConfig
+from ..config.settings import (
+    backend_settings,
+    cache_settings,
+    connection_limits,
+    decoder_limits,
+    read_ca_file,
+    reply_options,
+    service_settings,
+)
+from ..connection import Connection, ConnectionTracker, ModeBinding
+from ..core.model import Malformed, Outcome, PermanentError, Request
+from ..core.stats import ApiStats
+from ..protocols import ReplyTable
+from ..protocols.modes import Call
+from ..service import EndpointService
+from . import listeners, unix_socket
+from .listeners import ListenKey
+
+log = logging.getLogger(__name__)
+
+Ask = Callable[[Request], Coroutine[Any, Any, Outcome]]
+Cached = Callable[[Request], Outcome | None]
+
+
+def service_call(service: EndpointService, call: Call) -> tuple[Ask, Cached | None]:
+    """The service's method that answers a mode's requests, and its cache's fast path if any.
+
+    Returned as they are, with no wrapper of ours (each coroutine frame costs on the hot path):
+    the connection hands them only requests of the mode's own decoder, and ``answer_now``
+    answers a malformed one before any reaches them."""
+    match call:
+        case Call.LOOKUP:
+            return cast(Ask, service.lookup), cast(Cached, service.cached)
+        case Call.POLICY:
+            return cast(Ask, service.check_policy), None
+
+
+def _counted(reply: ReplyTable, answered: Counter[type]) -> ReplyTable:
+    """Every reply passes here, so the count by outcome is complete (for the metrics)."""
+
+    def count_and_reply(request: Request | None, outcome: Outcome) -> bytes:
+        answered[type(outcome)] += 1
+        return reply(request, outcome)
+
+    return count_and_reply
+
+
+def bind_mode(
+    config: EndpointConfig, service: EndpointService, answered: Counter[type]
+) -> ModeBinding:
+    """The endpoint's mode, from the table of modes: its codec, its reply table, and the service
+    call it names."""
+    mode, limits = config.mode_spec, decoder_limits(config)
+    reply = _counted(mode.new_replies(reply_options(config)), answered)
+    ask, cached = service_call(service, mode.call)
+
+    def answer_now(request: Request) -> bytes | None:
+        if isinstance(request, Malformed):
+            return reply(request, PermanentError(f"malformed request: {request.reason}"))
+        if cached is not None and (outcome := cached(request)) is not None:
+            return reply(request, outcome)
+        return None
+
+    return ModeBinding(
+        new_decoder=lambda: mode.new_decoder(limits),
+        answer_now=answer_now,
+        ask=ask,
+        reply=reply,
+        greeting=mode.greeting,
+    )
+
+
+def listen_key(config: EndpointConfig) -> ListenKey:
+    """Endpoints with equal keys listen on the same socket, so a reload can hand it over."""
+    return config.bind_path or listeners.tcp_key(config.bind_address, config.bind_port)
+
+
+_OWN_SOCKET_FILE: dict[str, Any] = {"cleanup_socket": False}
+"""We unlink the socket file ourselves, by inode (``unix_socket.remove_socket``). uvloop on
+Python >= 3.13 would also unlink it whenever a listener closes, including the old listener of a
+socket handed over on reload, leaving the new one without a name."""
+
+
+class Endpoint:
+    """A running endpoint: listeners, open connections and REST client."""
+
+    def __init__(
+        self, config: EndpointConfig, user_agent: str, *, shared_port: bool = False
+    ) -> None:
+        self.config = config
+        self.user_agent = user_agent
+        self._shared_port = shared_port
+        """Other workers listen on the same TCP port (``SO_REUSEPORT``)."""
+        self._token = config.token()
+        self._ca_pem = read_ca_file(config)
+        """What a reload compares: a CA file rotated in place keeps its path, not its contents."""
+        self._backend = RestBackend(backend_settings(config, user_agent, self._token))
+        self.service = EndpointService(
+            config.name,
+            self._backend,
+            service_settings(config),
+            open_cache(cache_settings(config)),
+        )
+        self.answered: Counter[type] = Counter()
+        """Replies sent, by outcome type."""
+        self._binding = bind_mode(config, self.service, self.answered)
+        self.tracker = ConnectionTracker()
+        self._servers: list[asyncio.Server] = []
+        self._socket_inode: int | None = None
+        self.inherited = False
+        """Listening on sockets handed over by the endpoint this one replaced on a reload."""
+
+    @property
+    def api_stats(self) -> ApiStats:
+        return self._backend.stats
+
+    @property
+    def listen_key(self) -> ListenKey:
+        return listen_key(self.config)
+
+    def configured_as(self, config: EndpointConfig, user_agent: str) -> bool:
+        """Whether a reload may keep this endpoint as it is (the token and CA files re-read)."""
+        return (
+            config == self.config
+            and user_agent == self.user_agent
+            and (config.token() == self._token)
+            and read_ca_file(config) == self._ca_pem
+        )
+
+    def _bind(self) -> list[socket.socket]:
+        if self.config.bind_path is not None:
+            return [listeners.bind_unix(self.config.bind_path)]
+        port = cast(int, self.config.bind_port)
+        return listeners.bind_tcp(self.config.bind_address, port, shared=self._shared_port)
+
+    async def start(self, inherited: list[socket.socket] | None = None) -> None:
+        """Listen, on ``inherited`` sockets (a reload's hand-over) or on newly bound ones.
+
+        An ``OSError`` (port taken, no such address) reaches the caller.
+        """
+        loop = asyncio.get_running_loop()
+        binding, tracker, limits = self._binding, self.tracker, connection_limits(self.config)
+
+        def connection() -> Connection:
+            return Connection(binding, tracker, limits)
+
+        path = self.config.bind_path
+        sockets = inherited or self._bind()
+        for sock in sockets:
+            if path is not None:
+                server = await loop.create_unix_server(
+                    connection, sock=sock, backlog=listeners.BACKLOG, **_OWN_SOCKET_FILE
+                )
+            else:
+                server = await loop.create_server(connection, sock=sock, backlog=listeners.BACKLOG)
+            self._servers.append(server)
+        self.inherited = bool(inherited)
+        if path is not None:
+            self._socket_inode = os.lstat(path).st_ino
+            if not inherited:  # an inherited socket is still its predecessor's until committed
+                self.apply_socket_permissions()
+            where = f"unix:{path}"
+        else:
+            where = ", ".join(f"{host}:{port}" for host, port in self.addresses)
+        log.info(
+            "endpoint %s (%s) listening on %s, asking %s",
+            self.config.name,
+            self.config.mode,
+            where,
+            self.config.target_for_logs,
+        )
+        exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
+        if exposed:
+            log.warning(
+                "endpoint %s listens on non-loopback %s: anyone who can reach it can query the"
+                " API through it; bind to 127.0.0.1 or firewall the port",
+                self.config.name,
+                ", ".join(exposed),
+            )
+
+    def apply_socket_permissions(self) -> None:
+        if self.config.bind_path is not None:
+            unix_socket.set_permissions(
+                self.config.bind_path, self.config.socket_mode, self.config.socket_owner
+            )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound TCP addresses (the real port when the config said 0)."""
+        if self.config.bind_path is not None:
+            return []
+        return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
+
+    @property
+    def is_serving(self) -> bool:
+        return bool(self._servers) and all(server.is_serving() for server in self._servers)
+
+    def listening_sockets(self) -> list[socket.socket]:
+        """For the endpoint that replaces this one on a reload (``listeners.duplicates``)."""
+        return listeners.duplicates(sock for server in self._servers for sock in server.sockets)
+
+    def stop_accepting(self, *, keep_socket_file: bool = False) -> None:
+        """Close the listeners; the unix socket file goes too, unless a successor now uses it."""
+        for server in self._servers:
+            server.close()
+        if self.config.bind_path is not None and self._socket_inode is not None:
+            if not keep_socket_file:
+                unix_socket.remove_socket(self.config.bind_path, self._socket_inode)
+            self._socket_inode = None
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, answer what was received, close; then release the REST client."""
+        self.stop_accepting()
+        await self.tracker.drain(grace)
+        for server in self._servers:
+            await server.wait_closed()
+        await self._backend.close()

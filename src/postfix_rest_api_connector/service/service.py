@@ -1,0 +1,203 @@
+"""The lookup service between connections and the REST backend.
+
+Per request: an id, then the cache, then coalescing (concurrent lookups of one key share one API
+call), then the circuit breaker and bounded retries inside ``request-timeout``, and, when the API
+fails, the last good answer if it is recent enough. Any unexpected exception becomes a temporary
+error: nothing here can turn a failure into "not found".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+from ..cache import Cache, CacheKey
+from ..core.context import new_request_id, request_id
+from ..core.model import (
+    Answer,
+    Found,
+    LookupRequest,
+    NotFound,
+    Outcome,
+    PolicyRequest,
+    TemporaryError,
+)
+from ..core.stats import ServiceStats
+from .resilience import CircuitBreaker, RetryPolicy, is_transient
+from .single_flight import SingleFlight
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = TemporaryError("internal error")
+"""Whatever goes wrong in our own code, Postfix gets a temporary error, never a miss."""
+_UNEXPECTED = "%s: unexpected error, answering a temporary error"
+MIN_ATTEMPT = 0.05
+"""Seconds an API attempt needs at least; a retry that would get less is not made."""
+
+
+class Backend(Protocol):
+    async def lookup(
+        self, request: LookupRequest, request_id: str, budget: float | None
+    ) -> Answer: ...
+
+    async def check_policy(
+        self, request: PolicyRequest, request_id: str, budget: float | None
+    ) -> Answer: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """The per-endpoint knobs, in seconds and counts (0 disables a feature)."""
+
+    timeout: float
+    retry: RetryPolicy
+    cache_scope: str = ""
+    """Names the endpoint and its target in every cache key (``cache.cache_scope``)."""
+    cache_ttl: float = 0.0
+    negative_cache_ttl: float = 0.0
+    respect_cache_control: bool = True
+    breaker_failures: int = 0
+    breaker_cooldown: float = 5.0
+
+
+class EndpointService:
+    """Answers one endpoint's requests from its cache and backend."""
+
+    def __init__(
+        self, endpoint_name: str, backend: Backend, settings: ServiceSettings, cache: Cache
+    ) -> None:
+        self._name = endpoint_name
+        self._backend = backend
+        self._settings = settings
+        self._scope = settings.cache_scope
+        self._cache = cache
+        self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
+        self._answers_fresh = settings.cache_ttl > 0 or settings.negative_cache_ttl > 0
+        self._in_flight: SingleFlight[CacheKey, Outcome] = SingleFlight()
+        """The lookups being fetched: concurrent ones of one key share one API call."""
+        self.stats = ServiceStats()
+
+    @property
+    def breaker_state(self) -> str:
+        return self._breaker.state.value
+
+    @property
+    def cache_entries(self) -> int:
+        return len(self._cache)
+
+    def cached(self, request: LookupRequest) -> Found | NotFound | None:
+        """A fresh cached answer, found without awaiting anything (the connection's fast path)."""
+        if not self._answers_fresh:
+            return None  # without TTLs, entries only serve stale-if-error
+        outcome = self._cache.fresh((self._scope, request.map_name, request.key), time.time())
+        if outcome is not None:
+            self.stats.cache_hits += 1
+        return outcome
+
+    async def lookup(self, request: LookupRequest) -> Outcome:
+        request_id.set(new_request_id())
+        cached = self.cached(request)
+        if cached is not None:
+            return cached
+        key: CacheKey = (self._scope, request.map_name, request.key)
+        stats = self.stats
+        stats.cache_misses += 1
+        stats.in_flight += 1
+        shared = self._in_flight.join(key)
+        if shared is not None:
+            stats.coalesced += 1
+            try:
+                # shield: a waiter that is cancelled must not cancel the others' shared answer
+                return await asyncio.shield(shared)
+            finally:
+                stats.in_flight -= 1
+        # This asker leads: it fetches inline and publishes the outcome to whoever joined
+        # meanwhile. Connections never cancel a request in flight, so the fetch runs to its end
+        # even if this asker's client has gone.
+        outcome: Outcome = TemporaryError("interrupted")
+        try:
+            outcome = await self._fetch(request, key)
+        except Exception:
+            log.exception(_UNEXPECTED, self._name)
+            outcome = INTERNAL_ERROR
+        finally:
+            stats.in_flight -= 1
+            self._in_flight.finish(key, outcome)
+        self._log_outcome(request, outcome)
+        return outcome
+
+    async def check_policy(self, request: PolicyRequest) -> Outcome:
+        request_id.set(new_request_id())
+        self.stats.in_flight += 1
+        try:
+            outcome = (await self._attempts(partial(self._backend.check_policy, request))).outcome
+        except Exception:
+            log.exception(_UNEXPECTED, self._name)
+            outcome = INTERNAL_ERROR
+        finally:
+            self.stats.in_flight -= 1
+        self._log_outcome(request, outcome)
+        return outcome
+
+    def _log_outcome(self, request: LookupRequest | PolicyRequest, outcome: Outcome) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %r -> %r", self._name, request, outcome)
+
+    async def _fetch(self, request: LookupRequest, key: CacheKey) -> Outcome:
+        answer = await self._attempts(partial(self._backend.lookup, request))
+        outcome, max_age = answer.outcome, answer.max_age
+        if isinstance(outcome, Found | NotFound):
+            if self._settings.respect_cache_control and max_age == 0:
+                self._cache.forget(key)  # no-store: keep nothing, not even for outages
+            else:
+                self._cache.store(key, outcome, time.time(), self._ttl(outcome, max_age))
+        elif is_transient(outcome):
+            stale = self._cache.stale(key, time.time())
+            if stale is not None:
+                self.stats.stale_answers += 1
+                log.debug("%s: API failed (%r); answering the last good value", self._name, outcome)
+                return stale
+        return outcome
+
+    async def _attempts(self, ask: Callable[[str, float | None], Awaitable[Answer]]) -> Answer:
+        """Through the circuit breaker, with up to ``retries`` more attempts on transient
+        failures, all within the timeout. Every end is recorded in the breaker, even an exception
+        or a cancellation, so a half-open breaker can never get stuck."""
+        if not self._breaker.allow(time.monotonic()):
+            self.stats.breaker_rejections += 1
+            return Answer(TemporaryError("API circuit breaker open"))
+        outcome: Outcome = TemporaryError("interrupted")
+        try:
+            rid = request_id.get()
+            attempt = 0
+            budget = None  # the first attempt has the whole timeout, the client's default
+            deadline = time.monotonic() + self._settings.timeout
+            while True:
+                self.stats.api_calls += 1
+                answer = await ask(rid, budget)
+                outcome = answer.outcome
+                if not is_transient(outcome) or attempt >= self._settings.retry.retries:
+                    return answer
+                delay = self._settings.retry.delay(attempt)
+                if time.monotonic() + delay + MIN_ATTEMPT > deadline:
+                    return answer
+                await asyncio.sleep(delay)
+                attempt += 1
+                budget = max(deadline - time.monotonic(), MIN_ATTEMPT)
+        finally:
+            self._breaker.record(outcome, time.monotonic())
+
+    def _ttl(self, outcome: Found | NotFound, max_age: float | None) -> float:
+        ttl = (
+            self._settings.cache_ttl
+            if isinstance(outcome, Found)
+            else self._settings.negative_cache_ttl
+        )
+        if self._settings.respect_cache_control and max_age is not None:
+            ttl = min(ttl, max_age)
+        return ttl
