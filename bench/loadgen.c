@@ -7,6 +7,9 @@
  *           [--warmup S] [--duration S] [--keys K]      (K = 0: every key unique)
  *           [--path /lookup/30]                          (http: GET PATH?key=K, to measure the
  *                                                         API alone: answers must be chunked)
+ *           [--reconnect]                                (a connection the server closes after a
+ *                                                         reply is opened again and the request
+ *                                                         resent, as Postfix does; counted)
  *   loadgen --stub --mode M --port P                     (a trivial server answering at once,
  *                                                         to measure the generator's own capacity)
  *
@@ -37,15 +40,17 @@ enum mode { TCP, SOCKETMAP, POLICY, HTTP };
 struct conn {
     int fd;
     int inbuf;
+    int reqlen;
     uint64_t sent_at;
     uint64_t seq;
     char buf[BUF];
+    char req[1024];
 };
 
 static enum mode mode;
 static const char *http_path = "/";
 static long hist[BUCKETS];
-static long measured, errors, overflow;
+static long measured, errors, overflow, reconnects;
 static uint64_t max_ns;
 
 static uint64_t now_ns(void) {
@@ -142,6 +147,17 @@ static double percentile(double p) {
     return (double)BUCKETS * 0.01;
 }
 
+static void open_conn(int ep, const struct sockaddr_in *addr, struct conn *cs, int i) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (fd < 0) die("socket");
+    if (connect(fd, (const struct sockaddr *)addr, sizeof *addr)) die("connect");
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    cs[i].fd = fd;
+    cs[i].inbuf = 0;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
 static void stub(int port) __attribute__((noreturn));
 static void stub(int port) {
     int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
@@ -185,11 +201,12 @@ static void stub(int port) {
 
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
-    int port = 0, conns = 100, is_stub = 0;
+    int port = 0, conns = 100, is_stub = 0, reconnect = 0;
     double warmup = 2, duration = 10;
     long keys = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--stub")) { is_stub = 1; continue; }
+        if (!strcmp(argv[i], "--reconnect")) { reconnect = 1; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "%s needs a value\n", argv[i]); return 2; }
         const char *v = argv[++i];
         if (!strcmp(argv[i - 1], "--mode")) mode = parse_mode(v);
@@ -214,23 +231,14 @@ int main(int argc, char **argv) {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &addr.sin_addr);
     unsigned rng = 12345;
-    char req[1024];
-    for (int i = 0; i < conns; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-        if (fd < 0) die("socket");
-        if (connect(fd, (struct sockaddr *)&addr, sizeof addr)) die("connect");
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        cs[i].fd = fd;
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-    }
+    for (int i = 0; i < conns; i++) open_conn(ep, &addr, cs, i);
     uint64_t start = now_ns();
     uint64_t measure_from = start + (uint64_t)(warmup * 1e9);
     uint64_t stop_at = measure_from + (uint64_t)(duration * 1e9);
     for (int i = 0; i < conns; i++) {
-        int n = format_request(req, i, cs[i].seq++, keys, &rng);
+        cs[i].reqlen = format_request(cs[i].req, i, cs[i].seq++, keys, &rng);
         cs[i].sent_at = now_ns();
-        send_all(cs[i].fd, req, n);
+        send_all(cs[i].fd, cs[i].req, cs[i].reqlen);
     }
     struct epoll_event events[1024];
     uint64_t now = start;
@@ -241,8 +249,15 @@ int main(int argc, char **argv) {
             struct conn *c = &cs[events[e].data.u32];
             ssize_t r = read(c->fd, c->buf + c->inbuf, BUF - c->inbuf);
             if (r <= 0) {
-                fprintf(stderr, "connection %u closed by the server\n", events[e].data.u32);
-                return 1;
+                if (!reconnect || c->inbuf) {
+                    fprintf(stderr, "connection %u closed by the server\n", events[e].data.u32);
+                    return 1;
+                }
+                close(c->fd);  /* after a whole reply: the request just sent went nowhere */
+                open_conn(ep, &addr, cs, (int)events[e].data.u32);
+                send_all(c->fd, c->req, c->reqlen);
+                if (now >= measure_from && now < stop_at) reconnects++;
+                continue;
             }
             c->inbuf += (int)r;
             int len = reply_length(c->buf, c->inbuf);
@@ -260,15 +275,16 @@ int main(int argc, char **argv) {
             }
             memmove(c->buf, c->buf + len, c->inbuf - len);
             c->inbuf -= len;
-            int q = format_request(req, (int)events[e].data.u32, c->seq++, keys, &rng);
+            c->reqlen = format_request(c->req, (int)events[e].data.u32, c->seq++, keys, &rng);
             c->sent_at = now_ns();
-            send_all(c->fd, req, q);
+            send_all(c->fd, c->req, c->reqlen);
         }
     }
     printf("{\"requests\": %ld, \"req_per_s\": %.1f, \"errors\": %ld, \"over_10s\": %ld, "
+           "\"reconnects\": %ld, "
            "\"p50_ms\": %.2f, \"p90_ms\": %.2f, \"p99_ms\": %.2f, \"p999_ms\": %.2f, "
            "\"max_ms\": %.2f}\n",
-           measured, (double)measured / duration, errors, overflow, percentile(0.5),
+           measured, (double)measured / duration, errors, overflow, reconnects, percentile(0.5),
            percentile(0.9), percentile(0.99), percentile(0.999), (double)max_ns / 1e6);
     return 0;
 }

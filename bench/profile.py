@@ -25,7 +25,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from run import CLOCK_TICKS, SCENARIO_SETS, run_loadgen, start_connector, start_nginx, stop
+from run import (
+    CLOCK_TICKS,
+    SCENARIO_SETS,
+    Launcher,
+    run_loadgen,
+    start_connector,
+    start_nginx,
+    stop,
+)
 
 WARMUP = 2.0
 MEASURE = 6.0
@@ -72,7 +80,7 @@ def main() -> int:
         tmp = Path(directory)
         nginx, api_port = start_nginx(tmp)
         try:
-            connector, port = start_connector(tmp, scenario, api_port, workers=1)
+            connector, port = start_connector(tmp, scenario, api_port, 1, Launcher.ours())
             try:
                 generator = run_loadgen(
                     args.loadgen,

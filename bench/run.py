@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import statistics
@@ -59,8 +60,44 @@ http {{
 """
 
 MODES = {"tcp": "tcp-lookup", "socketmap": "socketmap-lookup", "policy": "policy"}
+IDLE_SETTLE = 1.0
+"""Seconds a started connector is left alone before its idle memory is read."""
 API_ALONE = "api-alone"
 """A scenario without the connector: the load generator asks nginx itself (HTTP)."""
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """How one connector under test is started: its command line, where ``{config}`` stands for
+    the config file (in the predecessors' format, which every connector here reads), and what
+    it adds to the environment."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def ours(cls, source: Path | None = None) -> Launcher:
+        """This checkout's install, or another checkout's ``src`` first on ``PYTHONPATH``."""
+        argv = (sys.executable, "-m", "postfix_rest_api_connector", "{config}")
+        env = (("PYTHONPATH", str(source)),) if source is not None else ()
+        return cls((*argv, "--log-level", "WARNING"), env)
+
+    @classmethod
+    def from_template(cls, template: str) -> Launcher:
+        """``'NAME=VALUE ... COMMAND ARG... {config}'``: leading assignments go to the
+        environment (``RUST_LOG=warn ./connector {config}``)."""
+        words = shlex.split(template)
+        env = []
+        while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+            name, _, value = words.pop(0).partition("=")
+            env.append((name, value))
+        if "{config}" not in words:
+            raise SystemExit(f"--peer-cmd {template!r}: no {{config}} argument")
+        return cls(tuple(words), tuple(env))
+
+    def start(self, config: Path) -> subprocess.Popen[bytes]:
+        argv = [str(config) if word == "{config}" else word for word in self.argv]
+        return subprocess.Popen(argv, env={**os.environ, **dict(self.env)})
 
 
 @dataclass(frozen=True)
@@ -93,16 +130,36 @@ def free_port() -> int:
         return port
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (a supervisor's workers, and theirs), all threads' children."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
 def workers_of(pid: int) -> list[int]:
     """The processes that serve: the worker children of a supervisor, or the process itself."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children] or [pid]
+    return descendants(pid) or [pid]
+
+
+def pss_mib(pid: int) -> dict[str, float]:
+    """Proportional set sizes: the whole service's (forked workers share pages, which summed
+    RSS counts once per process) and the top process's own (a supervisor's, with workers)."""
+
+    def pss(process: int) -> float:
+        rollup = Path(f"/proc/{process}/smaps_rollup").read_text()
+        return int(re.search(r"^Pss:\s+(\d+)", rollup, re.MULTILINE)[1]) / 1024  # type: ignore[index]
+
+    top = pss(pid)
+    return {"PSS_total": top + sum(pss(child) for child in descendants(pid)), "PSS_top": top}
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system time of the process and of its worker processes, all threads."""
+    """User and system time of the process and of every process below it, all threads."""
     total = 0.0
-    for process in {pid, *workers_of(pid)}:
+    for process in {pid, *descendants(pid)}:
         fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
     return total
@@ -150,33 +207,30 @@ def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_connector(
-    tmp: Path, scenario: Scenario, api_port: int, workers: int | None, source: Path | None = None
+    tmp: Path, scenario: Scenario, api_port: int, workers: int | None, launcher: Launcher
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """The connector from this checkout, or from ``source`` (another checkout's ``src``)."""
+    """A connector on one endpoint, configured with the keys both predecessors require (they
+    ignore the others: ``max-connections``, ``cache-ttl``, ``workers``)."""
     port = free_port()
     path = "policy" if scenario.mode == "policy" else "lookup"
     endpoint: dict[str, Any] = {
         "name": "bench",
         "mode": MODES[scenario.mode],
         "target": f"http://127.0.0.1:{api_port}/{path}/{scenario.latency_ms}",
+        "bind-address": "127.0.0.1",
         "bind-port": port,
+        "auth-token": "bench-token",
         "request-timeout": 5000,
         "max-connections": 10000,
     }
     if scenario.cache:
         endpoint["cache-ttl"] = 60_000
     config = tmp / "connector.json"
-    document: dict[str, Any] = {"endpoints": [endpoint]}
+    document: dict[str, Any] = {"user-agent": "bench", "endpoints": [endpoint]}
     if workers is not None:
         document["workers"] = workers
     config.write_text(json.dumps(document))
-    env = dict(os.environ)
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "postfix_rest_api_connector", str(config), "--log-level", "WARNING"],
-        env=env,
-    )
+    process = launcher.start(config)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -215,6 +269,7 @@ def run_loadgen(
             *("--mode", mode, "--port", str(port), "--conns", str(conns)),
             *("--warmup", str(warmup), "--duration", str(duration), "--keys", str(keys)),
             *("--path", path),
+            "--reconnect",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -253,10 +308,12 @@ def measure(
     warmup: float,
     duration: float,
     workers: int | None,
-    source: Path | None = None,
+    launcher: Launcher,
 ) -> dict[str, Any]:
-    connector, port = start_connector(tmp, scenario, api_port, workers, source)
+    connector, port = start_connector(tmp, scenario, api_port, workers, launcher)
     try:
+        time.sleep(IDLE_SETTLE)
+        idle = pss_mib(connector.pid)
         generator = run_loadgen(
             loadgen,
             mode=scenario.mode,
@@ -270,7 +327,8 @@ def measure(
         cpu_start, accepts_start = cpu_seconds(connector.pid), nginx_accepts(api_port)
         time.sleep(duration)
         cpu_end, accepts_end = cpu_seconds(connector.pid), nginx_accepts(api_port)
-        memory = memory_mib(connector.pid)
+        memory = {**memory_mib(connector.pid), **pss_mib(connector.pid)}
+        memory.update({"PSS_idle": idle["PSS_total"], "PSS_top_idle": idle["PSS_top"]})
         out, _ = generator.communicate(timeout=60)
         if generator.returncode != 0:
             raise RuntimeError(f"loadgen failed for {scenario.name}")
@@ -336,9 +394,9 @@ SCENARIO_SETS = {
 def table(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -> str:
     lines = [
         "| scenario | bound req/s | req/s | of bound | p50 ms | p99 ms | p99.9 ms | max ms"
-        " | errors | CPU us/req | new API conns /1000 | workers | VmRSS MiB per worker"
-        " | VmHWM MiB per worker |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | errors | reconnects | CPU us/req | new API conns /1000 | workers"
+        " | VmRSS MiB per worker | PSS MiB idle | PSS MiB loaded |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in scenarios:
         runs = results[scenario.name]
@@ -349,15 +407,17 @@ def table(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -
         bound = f"{scenario.bound:,.0f}" if scenario.bound else "-"
         of_bound = f"{median('of_bound'):.1%}" if scenario.bound else "-"
         connector = (
-            " | - | - | - | - | -"  # the API alone: no connector to measure
+            " | - | - | - | - | - | -"  # the API alone: no connector to measure
             if scenario.mode == API_ALONE
             else f" | {median('cpu_us_per_req'):.1f} | {median('new_api_conns_per_1000'):.2f}"
-            f" | {runs[0]['workers']} | {median('VmRSS'):.0f} | {median('VmHWM'):.0f}"
+            f" | {runs[0]['workers']} | {median('VmRSS'):.0f} | {median('PSS_idle'):.0f}"
+            f" | {median('PSS_total'):.0f}"
         )
         lines.append(
             f"| {scenario.name} | {bound} | {median('req_per_s'):,.0f} | {of_bound}"
             f" | {median('p50_ms'):.2f} | {median('p99_ms'):.2f} | {median('p999_ms'):.2f}"
-            f" | {median('max_ms'):.1f} | {max(run['errors'] for run in runs)}{connector} |"
+            f" | {median('max_ms'):.1f} | {max(run['errors'] for run in runs)}"
+            f" | {max(run.get('reconnects', 0) for run in runs)}{connector} |"
         )
     return "\n".join(lines)
 
@@ -366,8 +426,8 @@ def ratios(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) 
     """This checkout against the peer, from the medians of runs made in turn, in one run."""
     lines = [
         "| scenario | req/s: this / peer | CPU us/req: this / peer | p99: this / peer"
-        " | VmRSS: this / peer |",
-        "|---|---|---|---|---|",
+        " | PSS loaded: this / peer | PSS idle: this / peer |",
+        "|---|---|---|---|---|---|",
     ]
     for scenario in scenarios:
 
@@ -378,12 +438,12 @@ def ratios(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) 
 
         lines.append(
             f"| {scenario.name} | {ratio('req_per_s')} | {ratio('cpu_us_per_req')}"
-            f" | {ratio('p99_ms')} | {ratio('VmRSS')} |"
+            f" | {ratio('p99_ms')} | {ratio('PSS_total')} | {ratio('PSS_idle')} |"
         )
     return "\n".join(lines)
 
 
-def main() -> int:
+def _arguments() -> tuple[argparse.Namespace, Launcher | None]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--loadgen", type=Path, required=True)
     parser.add_argument("--scenarios", choices=sorted(SCENARIO_SETS), default="all")
@@ -394,14 +454,69 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, help="the connector's workers (default: its own, one per CPU)"
     )
-    parser.add_argument(
+    peers = parser.add_mutually_exclusive_group()
+    peers.add_argument(
         "--peer-src",
         type=Path,
         help="another checkout's src directory: each scenario also runs it, interleaved with this"
         " one, and a table of ratios follows (e.g. a git worktree of an earlier commit)",
     )
+    peers.add_argument(
+        "--peer-cmd",
+        metavar="'COMMAND {config}'",
+        help="any connector that reads the predecessors' config format, started by this command"
+        " ({config} is the file; leading NAME=VALUE words set its environment), run and compared"
+        " in the same way",
+    )
     args = parser.parse_args()
+    if args.peer_src is not None:
+        return args, Launcher.ours(args.peer_src.resolve())
+    if args.peer_cmd is not None:
+        return args, Launcher.from_template(args.peer_cmd)
+    return args, None
+
+
+def _rounds(
+    args: argparse.Namespace,
+    scenarios: list[Scenario],
+    launchers: list[tuple[str, Launcher]],
+    tmp: Path,
+    api_port: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every round runs every scenario, each connector in turn (the peer first), so that the
+    machine's drift falls on both alike."""
+    results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
+    for prefix, _ in launchers[:-1]:
+        results.update({f"{prefix}{s.name}": [] for s in scenarios if s.mode != API_ALONE})
+    timing = {"warmup": args.warmup, "duration": args.duration}
+    for run in range(args.runs):
+        for scenario in scenarios:
+            if scenario.mode == API_ALONE:
+                result = measure_api_alone(args.loadgen, scenario, api_port=api_port, **timing)
+                results[scenario.name].append(result)
+                print(f"run {run + 1} {scenario.name}: {json.dumps(result)}", flush=True)
+                continue
+            for prefix, launcher in launchers:
+                result = measure(
+                    args.loadgen,
+                    tmp,
+                    scenario,
+                    api_port=api_port,
+                    workers=args.workers,
+                    launcher=launcher,
+                    **timing,
+                )
+                results[prefix + scenario.name].append(result)
+                print(f"run {run + 1} {prefix}{scenario.name}: {json.dumps(result)}", flush=True)
+    return results
+
+
+def main() -> int:
+    args, peer = _arguments()
     scenarios = SCENARIO_SETS[args.scenarios]
+    launchers = [("", Launcher.ours())]
+    if peer is not None:
+        launchers.insert(0, ("peer ", peer))
     with tempfile.TemporaryDirectory(prefix="bench") as directory:
         tmp = Path(directory)
         nginx, api_port = start_nginx(tmp)
@@ -415,52 +530,24 @@ def main() -> int:
             print("connector:", build, flush=True)
             capacity = loadgen_capacity(args.loadgen, args.duration)
             print("load generator against a stub:", json.dumps(capacity), flush=True)
-            results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
-            sources: list[tuple[str, Path | None]] = [("", None)]
-            if args.peer_src is not None:
-                sources.insert(0, ("peer ", args.peer_src.resolve()))
-                results.update({f"peer {s.name}": [] for s in scenarios if s.mode != API_ALONE})
-            for run in range(args.runs):
-                for scenario in scenarios:
-                    if scenario.mode == API_ALONE:
-                        result = measure_api_alone(
-                            args.loadgen,
-                            scenario,
-                            api_port=api_port,
-                            warmup=args.warmup,
-                            duration=args.duration,
-                        )
-                        results[scenario.name].append(result)
-                        print(f"run {run + 1} {scenario.name}: {json.dumps(result)}", flush=True)
-                        continue
-                    for prefix, source in sources:
-                        result = measure(
-                            args.loadgen,
-                            tmp,
-                            scenario,
-                            api_port=api_port,
-                            warmup=args.warmup,
-                            duration=args.duration,
-                            workers=args.workers,
-                            source=source,
-                        )
-                        name = prefix + scenario.name
-                        results[name].append(result)
-                        print(f"run {run + 1} {name}: {json.dumps(result)}", flush=True)
+            results = _rounds(args, scenarios, launchers, tmp, api_port)
         finally:
             nginx.terminate()
             nginx.wait()
-    document = {"connector": build, "loadgen": capacity, "results": results}
+    document: dict[str, Any] = {"connector": build, "loadgen": capacity, "results": results}
+    report = [table(results, scenarios)]
+    if peer is not None:
+        document["peer"] = " ".join(peer.argv)
+        connector_scenarios = [s for s in scenarios if s.mode != API_ALONE]
+        report += [
+            f"peer: {document['peer']}",
+            table(results, [replace(s, peer=True) for s in connector_scenarios]),
+            ratios(results, connector_scenarios),
+        ]
+    document["report"] = "\n\n".join(report)
     args.results.write_text(json.dumps(document, indent=1))
     print()
-    print(table(results, scenarios))
-    if args.peer_src is not None:
-        print()
-        print(f"peer: {args.peer_src}")
-        connector_scenarios = [s for s in scenarios if s.mode != API_ALONE]
-        print(table(results, [replace(s, peer=True) for s in connector_scenarios]))
-        print()
-        print(ratios(results, connector_scenarios))
+    print(document["report"])
     return 0
 
 
