@@ -5,6 +5,7 @@ checked in, so a change of the vectors shows in review as a change of the corpus
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -62,9 +63,10 @@ def limits_of(name: str) -> int:
     return len(MAX_BODIES) if name == "http_response" else len(TARGETS[name].limits)
 
 
-def main() -> None:
+def write(corpus: Path) -> None:
+    """Every seed, into ``corpus/NAME/``; whatever else those directories held goes."""
     for name, streams in vectors().items():
-        directory = CORPUS / name
+        directory = corpus / name
         directory.mkdir(parents=True, exist_ok=True)
         for old in directory.iterdir():
             old.unlink()
@@ -79,7 +81,13 @@ def main() -> None:
                 ("read3-7-small-limit", 0, [3, 7]),
             ):
                 (directory / f"{stem}-{variant}").write_bytes(encode_input(limit, sizes, stream))
-        print(f"{directory.relative_to(ROOT)}: {len(list(directory.iterdir()))} files")
+        print(f"{directory}: {len(list(directory.iterdir()))} files")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=CORPUS, help="instead of fuzz/corpus")
+    write(parser.parse_args().out)
 
 
 if __name__ == "__main__":
