@@ -2,8 +2,8 @@
 then the line coverage of each decoder's module over the corpus it reached; a table to paste
 into docs/reliability.md. ``scripts/fuzz.sh`` runs it.
 
-New inputs go to ``WORK/NAME/`` (the seed directories are only read), crashes to
-``WORK/NAME-crashes/``, libFuzzer's output to ``WORK/NAME.log``.
+New inputs go to ``WORK/NAME/`` (the seed directories are only read; a later campaign starts from
+all it holds), failing inputs to ``WORK/NAME-crashes/``, libFuzzer's output to ``WORK/NAME.log``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def fuzz(name: str, runs: int, work: Path, extra: list[str]) -> Campaign:
         "-print_final_stats=1",
         *extra,
     ]
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     with log.open("wb") as output:
         status = subprocess.run(
             command, cwd=HERE.parent, stdout=output, stderr=subprocess.STDOUT, check=False
@@ -71,7 +71,7 @@ def fuzz(name: str, runs: int, work: Path, extra: list[str]) -> Campaign:
         ft,
         size,
         seconds,
-        len(list(crashes.iterdir())),
+        sum(crash.stat().st_mtime >= since for crash in crashes.iterdir()),  # this run's
     )
 
 
@@ -81,6 +81,13 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="harnesses run at once")
     parser.add_argument("--work", type=Path, default=HERE.parent / "build" / "fuzz")
     parser.add_argument("names", nargs="*", help=f"harnesses (default: all of {HARNESSES})")
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        default=1024,
+        help="longest input: past the small limits every harness fuzzes with, a longer one only"
+        " costs time (each input is also fed a byte at a time)",
+    )
     parser.add_argument("--libfuzzer", action="append", default=[], help="one more flag")
     args = parser.parse_args()
     unknown = set(args.names) - set(HARNESSES)
@@ -89,7 +96,12 @@ def main() -> int:
     names = args.names or list(HARNESSES)
     with ThreadPoolExecutor(args.jobs) as pool:
         campaigns = list(
-            pool.map(lambda name: fuzz(name, args.runs, args.work, args.libfuzzer), names)
+            pool.map(
+                lambda name: fuzz(
+                    name, args.runs, args.work, [f"-max_len={args.max_len}", *args.libfuzzer]
+                ),
+                names,
+            )
         )
     print(
         "| decoder | executions | failures | libFuzzer cov / ft | corpus (seeds + new) "
