@@ -241,6 +241,12 @@ def identical_lengths(wire: bytes) -> bool:
 
 _CHUNK_EXTENSION = re.compile(rb"\r\n[0-9a-fA-F]{1,16}[ \t]*;")
 
+
+def length_past_the_limit(wire: bytes) -> bool:
+    values = field_values(wire, b"content-length")
+    return any(value.isdigit() and int(value) > MAX_BODY for value in values)
+
+
 KNOWN_DIFFERENCES = (
     Difference(
         "h11-closes-every-http-1.0-connection",
@@ -318,6 +324,20 @@ KNOWN_DIFFERENCES = (
             mine.status in (204, 304) and refused_for(theirs, "content-length", "transfer-encoding")
         ),
         b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\nContent-Length: 12\r\n\r\n",
+    ),
+    Difference(
+        "dropped-body-past-the-limit-answered-from-the-head",
+        "both",
+        "Ours keeps only a 200's body; another status whose Content-Length exceeds the body"
+        " limit is answered from its head and its connection closed, rather than read to its"
+        " end. The peers, which have no such limit, wait for the body.",
+        lambda wire, mine, theirs: (
+            mine.status != 200
+            and not mine.keep_alive
+            and length_past_the_limit(wire)
+            and (framing_only(mine, theirs) or refused_for(theirs, "incomplete", "closed"))
+        ),
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 999999999999\r\n\r\n",
     ),
 )
 
