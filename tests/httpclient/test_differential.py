@@ -326,6 +326,24 @@ KNOWN_DIFFERENCES = (
         b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\nContent-Length: 12\r\n\r\n",
     ),
     Difference(
+        "connection-close-wins-over-keep-alive",
+        "llhttp",
+        "RFC 9112 section 9.6: a response with the 'close' connection option ends the connection,"
+        " whatever else the Connection fields say; llhttp keeps an HTTP/1.0 connection whose"
+        " response names both 'close' and 'keep-alive'. h11 closes it, as ours does.",
+        lambda wire, mine, theirs: (
+            any(
+                token.strip(b" \t") == b"close"
+                for value in field_values(wire, b"connection")
+                for token in value.split(b",")
+            )
+            and not mine.keep_alive
+            and framing_only(mine, theirs)
+        ),
+        b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n"
+        b"Connection: keep-alive\r\n\r\n",
+    ),
+    Difference(
         "dropped-body-past-the-limit-answered-from-the-head",
         "both",
         "Ours keeps only a 200's body; another status whose Content-Length exceeds the body"
