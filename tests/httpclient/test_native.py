@@ -627,6 +627,50 @@ async def test_answer_that_ends_keep_alive_moves_the_next_request_to_a_new_conne
         assert len(server.connections) == 2
 
 
+@pytest.mark.parametrize(
+    ("head", "payload", "expected"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n",
+            b"2\r\n[]\r\n0\r\n\r\n",
+            HttpResponse(200, b"[]", None, None),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n"
+            b"Transfer-Encoding: chunked\r\n",
+            b"5\r\nabcde\r\n0\r\n\r\n",
+            HttpResponse(200, b"abcde", None, None),
+        ),
+        (
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\ntransfer-encoding: Chunked\r\n",
+            b"3\r\nabc\r\n0\r\n\r\n",
+            HttpResponse(404, b"", None, None),
+        ),
+        (
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+            b"",
+            HttpResponse(204, b"", None, None),
+        ),
+    ],
+    ids=["chunked-then-length", "zero-length-keep-alive", "404-body-dropped", "204-no-body"],
+)
+async def test_content_length_beside_transfer_encoding_never_returns_to_the_pool(
+    head: bytes, payload: bytes, expected: HttpResponse
+) -> None:
+    """RFC 9112 section 6.3: both fields may be response splitting; the answer is read by the
+    coding, and the client closes the connection instead of pooling it."""
+
+    def answer(request: Received) -> None:
+        request.reply(head + b"\r\n" + payload)
+
+    async with raw_server(answer) as server, native_client(server.url) as client:
+        for n in range(3):
+            assert await client.get("key=k", f"rid-{n}", None) == expected
+            await server.until_closed(server.connections[n])  # closed by the client
+
+        assert [len(connection.requests) for connection in server.connections] == [1, 1, 1]
+
+
 async def test_close_delimited_answer_is_read_to_the_end() -> None:
     def answer(request: Received) -> None:
         request.reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\naction=REJECT no\n")

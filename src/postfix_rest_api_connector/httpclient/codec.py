@@ -18,7 +18,6 @@ MAX_HEADERS = 100
 MAX_LINE_BYTES = 4096
 """A chunk size line or one trailer line."""
 _MAX_LENGTH_DIGITS = 18
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 class HttpProtocolError(Exception):
@@ -62,12 +61,19 @@ def encode_request(method: bytes, target: bytes, headers: bytes, body: bytes | N
     )
 
 
+_TEXT = rb"[\t\x20-\x7e\x80-\xff]"
+"""What a reason phrase, a field value or a chunk extension may hold: no control character but
+HTAB (RFC 9110 section 5.5, RFC 9112 section 4), as llhttp requires too."""
+_FIELD_LINE = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:" + _TEXT + rb"*+"
 _HEAD_PATTERN = re.compile(
-    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\r\n\x00]*)?\r\n"
-    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*+\r\n)*+"
+    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _TEXT + rb"*)?\r\n(?:" + _FIELD_LINE + rb"\r\n)*+"
 )
 """A status line and header lines (RFC 9112 section 4, 5): no folding, no space before a colon.
 Possessive repeats: a line never needs to give back a byte, and not offering to is faster."""
+_TRAILER_LINE = re.compile(_FIELD_LINE)
+_CHUNK_LINE = re.compile(rb"([0-9a-fA-F]{1,16})(?:[ \t]*+;" + _TEXT + rb"*+)?")
+"""RFC 9112 section 7.1: the size in hex, then perhaps ``;`` and extensions, which are ignored;
+blanks only before the ``;`` (BWS), never around a bare size."""
 _FIELD_PATTERN = re.compile(
     rb"\n(content-length|transfer-encoding|connection|content-type|cache-control|content-encoding):"
     rb"[ \t]*+([^\r\n]*+)\r"
@@ -118,10 +124,10 @@ def _split_list(value: bytes) -> list[bytes]:
 
 
 def _chunk_size(line: bytes) -> int:
-    size = line.split(b";", 1)[0].strip(b" \t")
-    if not size or len(size) > 16 or not _HEX_DIGITS.issuperset(size):
+    match = _CHUNK_LINE.fullmatch(line)
+    if match is None:
         raise HttpProtocolError("invalid chunk size")
-    return int(size, 16)
+    return int(match[1], 16)
 
 
 _COMPRESSIONS = frozenset(
@@ -262,13 +268,13 @@ class ResponseParser:
 
     def _frame_body(self, status: int, lengths: set[bytes], codings: list[bytes]) -> None:
         """RFC 9112 section 6.3, for a response to a GET or POST."""
+        if lengths and codings:
+            self._keep_alive = False  # a length beside a transfer coding is a smuggling sign
         if status in (204, 304):
             self._state, self._remaining = _LENGTH, 0
         elif codings:
             if codings != [b"chunked"]:
                 raise HttpProtocolError("unsupported transfer coding")
-            if lengths:
-                self._keep_alive = False  # a length beside chunked is a smuggling sign
             self._state = _CHUNK_SIZE
         elif lengths:
             if len(lengths) != 1:
@@ -334,6 +340,8 @@ class ResponseParser:
             self._trailer_bytes += len(line)
             if self._trailer_bytes > MAX_HEAD_BYTES:
                 raise HttpProtocolError("trailers too large")
+            if _TRAILER_LINE.fullmatch(line) is None:
+                raise HttpProtocolError("invalid trailer line")
         return end + 2
 
     def _read_whole_chunked_body(self, buffer: bytes | bytearray, position: int) -> int | None:
