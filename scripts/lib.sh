@@ -83,7 +83,8 @@ ensure_postfix() {
 }
 
 # ensure_packaging_tools: what tests/test_packaging.py, test_man_pages.py and test_dashboard.py
-# run: Debian's rpm (rpmbuild), groff, binutils (readelf), prometheus and promtool. The tests
+# run: Debian's rpm (rpmbuild), groff, binutils (readelf), systemd (systemd-analyze), prometheus
+# and promtool. The tests
 # start their own Prometheus, so the package's service must not run: a policy-rc.d that refuses
 # every start is in place during the install (any other one is set aside meanwhile), and on a
 # machine run by systemd the unit is disabled and stopped afterwards.
@@ -92,6 +93,7 @@ ensure_packaging_tools() {
     command -v rpmbuild >/dev/null 2>&1 || missing+=(rpm)
     command -v groff >/dev/null 2>&1 || missing+=(groff-base)
     command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
     if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
         local policy=/usr/sbin/policy-rc.d

@@ -848,3 +848,46 @@ def test_the_glibc_check_sees_a_newer_symbol(tmp_path: Path) -> None:
         timeout=RUN_TIMEOUT,
     )
     assert too_new_for_el9(library) == ["libc.so.6: GLIBC_2.36"]
+
+
+SOCKETS = sorted((PACKAGING / "sockets").glob("*.socket"))
+"""Example socket units, one per endpoint (the daemon's side of socket activation comes later)."""
+
+
+def test_example_socket_units_verify_and_name_endpoints_of_the_sample(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` finds no unknown key, and each unit hands the socket of one
+    endpoint of the sample config (by its name, ``FileDescriptorName=``) to the service, as one
+    listening socket (``Accept=no``); the TCP one listens where that endpoint would."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze not found: install Debian's systemd (scripts/test.sh does)")
+    assert len(SOCKETS) >= 2, SOCKETS
+    for unit in [*SOCKETS, UNIT_FILE]:
+        shutil.copy(unit, tmp_path)
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", *(str(tmp_path / unit.name) for unit in SOCKETS)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, ""), result
+    endpoints = {e["name"]: e for e in json.loads(SAMPLE_CONFIG.read_text())["endpoints"]}
+    kinds = set()
+    for unit in SOCKETS:
+        socket_section = unit_directives(unit.read_text())["Socket"]
+        [name] = socket_section["FileDescriptorName"]
+        assert name in endpoints, f"{unit.name}: {name!r} is no endpoint of the sample config"
+        assert socket_section["Accept"] == ["no"]
+        assert socket_section["Service"] == [UNIT]
+        [listen] = socket_section["ListenStream"]
+        if listen.startswith("/"):
+            kinds.add("unix")
+            assert not listen.startswith("/run/postfix-rest-api-connector/"), (
+                "the service's RuntimeDirectory is emptied when it stops"
+            )
+        else:
+            kinds.add("tcp")
+            endpoint = endpoints[name]
+            assert listen == f"{endpoint['bind-address']}:{endpoint['bind-port']}"
+    assert kinds == {"tcp", "unix"}
