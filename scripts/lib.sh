@@ -81,3 +81,29 @@ ensure_postfix() {
         echo "wrote a minimal /etc/postfix/main.cf (postmap needs one; it enables no listener)"
     fi
 }
+
+# ensure_packaging_tools: what tests/test_packaging.py, test_man_pages.py and test_dashboard.py
+# run: Debian's rpm (rpmbuild), groff, binutils (readelf), systemd (systemd-analyze), prometheus
+# and promtool. The tests
+# start their own Prometheus, so the package's service must not run: a policy-rc.d that refuses
+# every start is in place during the install (any other one is set aside meanwhile), and on a
+# machine run by systemd the unit is disabled and stopped afterwards.
+ensure_packaging_tools() {
+    local missing=()
+    command -v rpmbuild >/dev/null 2>&1 || missing+=(rpm)
+    command -v groff >/dev/null 2>&1 || missing+=(groff-base)
+    command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+    if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+        local policy=/usr/sbin/policy-rc.d
+        as_root sh -c "[ ! -e $policy ] || mv $policy $policy.pfx-saved
+            printf '#!/bin/sh\nexit 101\n' >$policy && chmod 0755 $policy"
+        apt_install prometheus || true
+        as_root sh -c "rm -f $policy; [ ! -e $policy.pfx-saved ] || mv $policy.pfx-saved $policy"
+        command -v promtool >/dev/null 2>&1 || { echo "installing prometheus failed" >&2; return 1; }
+        if [ -d /run/systemd/system ]; then
+            as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        fi
+    fi
+}

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$ROOT"
 ensure_venv test
 ensure_postfix
+ensure_packaging_tools
 COMPILED_VENV=$ROOT/.venv-compiled
 echo "== building the compiled install"; ensure_compiled_venv "$COMPILED_VENV" test
 export PATH="$VENV/bin:$PATH"
