@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from postfix_rest_api_connector.core.model import LookupRequest, Malformed, PolicyRequest
 from postfix_rest_api_connector.protocols.errors import FramingError
 from postfix_rest_api_connector.protocols.policy import PolicyDecoder
 from postfix_rest_api_connector.protocols.socketmap import SocketmapDecoder
 from postfix_rest_api_connector.protocols.tcp_table import TcpTableDecoder
-from postfix_rest_api_connector.core.model import LookupRequest, Malformed, PolicyRequest
 
 __all__ = ["TARGETS", "DecoderTarget", "FramingError"]
 
