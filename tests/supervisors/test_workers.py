@@ -236,26 +236,6 @@ async def test_unix_socket_endpoints_are_served_by_the_first_worker(
     assert "Traceback" not in connector.stderr
 
 
-async def test_each_worker_has_its_metrics_listener(
-    api: FakeApi, tmp_path: Path, spawn: Spawn
-) -> None:
-    with reserved_ports(3) as (port, metrics_first, metrics_second):
-        config = two_workers(tmp_path, api, port, metrics={"bind-port": metrics_first})
-        connector = await start(spawn, config)
-        seen = set()
-        for _ in range(2):
-            line = await connector.expect(re.compile(r"metrics, healthz and readyz on http://\S+"))
-            seen.add(int(line[0].rsplit(":", 1)[1]))
-        assert seen == {metrics_first, metrics_second}
-        for metrics_port in seen:
-            reader, writer = await asyncio.open_connection("127.0.0.1", metrics_port)
-            writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
-            assert (await asyncio.wait_for(reader.read(), DEADLINE)).endswith(b"ready\n")
-            writer.close()
-        connector.process.send_signal(signal.SIGTERM)
-        assert await connector.finish() == 0
-
-
 async def test_a_second_signal_kills_the_workers_and_exits_1(
     api: FakeApi, tmp_path: Path, spawn: Spawn
 ) -> None:

@@ -6,32 +6,23 @@ import logging
 import socket
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..config import MetricsConfig
 from ..runtime import listeners
-from .metrics import ConnectorCollector, Observed
+from .view import Alone
 
 log = logging.getLogger(__name__)
 
 
 class AdminServer:
-    """The HTTP listener of the ``metrics`` config section."""
+    """The HTTP listener of the ``metrics`` config section, showing ``view``: one process's
+    figures, or (``shared_port``: every worker listens on the port) all workers' merged."""
 
-    def __init__(
-        self, config: MetricsConfig, daemon: Observed, *, shared_port: bool = False
-    ) -> None:
+    def __init__(self, config: MetricsConfig, view: Alone, *, shared_port: bool = False) -> None:
         self.config = config
         self._shared_port = shared_port
-        self._daemon = daemon
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(ConnectorCollector(daemon))
-        ProcessCollector(registry=self._registry)
+        self._view = view
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -40,6 +31,7 @@ class AdminServer:
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Listen on ``sockets``, or bind new ones; an ``OSError`` reaches the caller."""
+        await self._view.start()  # the first listener only; the view outlives it
         if sockets is None:
             sockets = listeners.bind_tcp(
                 self.config.bind_address, self.config.bind_port, shared=self._shared_port
@@ -63,15 +55,14 @@ class AdminServer:
         await self._runner.cleanup()
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
+        body = await self._view.metrics()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        if self._daemon.ready:
+        problems = await self._view.problems()
+        if not problems:
             return web.Response(text="ready\n")
-        down = [e.config.name for e in self._daemon.endpoints if not e.is_serving]
-        reason = f"not listening: {', '.join(down)}" if down else "stopping"
-        return web.Response(status=503, text=f"not ready: {reason}\n")
+        return web.Response(status=503, text=f"not ready: {'; '.join(problems)}\n")

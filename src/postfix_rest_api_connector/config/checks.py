@@ -53,8 +53,6 @@ def cross_checks(config: Config) -> Iterator[str]:
         yield "endpoints: must list at least one endpoint"
     if (config.workers or 1) > 1 and config.any_free_port:
         yield "workers: several workers need fixed ports; a bind-port of 0 needs workers 1"
-    if config.metrics is not None and config.metrics.bind_port + config.effective_workers > 65536:
-        yield "metrics.bind-port: too high for one port per worker (bind-port + workers - 1)"
     first_with_name: dict[str, int] = {}
     first_on_address: dict[tuple[str, int], int] = {}
     for index, endpoint in enumerate(config.endpoints):
@@ -76,13 +74,9 @@ def cross_checks(config: Config) -> Iterator[str]:
         if (
             metrics is not None
             and metrics.bind_port
-            and address[0] == metrics.bind_address.lower()
-            and metrics.bind_port <= address[1] < metrics.bind_port + config.effective_workers
+            and address == (metrics.bind_address.lower(), metrics.bind_port)
         ):
-            yield (
-                f"{where}.bind-port: {endpoint.listen_description} is a metrics listener's"
-                " (worker i listens on metrics.bind-port + i)"
-            )
+            yield f"{where}.bind-port: {endpoint.listen_description} is the metrics listener's"
         yield from _token_problems(endpoint, where)
         yield from _mode_problems(endpoint, where)
 

@@ -28,6 +28,7 @@ from .notify import notify, reload_result
 
 if TYPE_CHECKING:
     from ..admin.server import AdminServer
+    from ..admin.view import Alone
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class Worker:
 
     index: int
     count: int
+    peers: str | None = None
+    """The directory of every worker's private unix socket (named by its index), over which the
+    worker that gets a scrape asks the others for their figures; ``None`` for one process."""
 
 
 class Daemon:
@@ -58,6 +62,8 @@ class Daemon:
         self._config_path = config_path
         self._worker = worker or Worker(0, 1)
         self.endpoints = [self.endpoint(endpoint, config) for endpoint in self.served(config)]
+        self._view: Alone | None = None
+        """What the admin listeners show; made with the first, kept while the daemon runs."""
         self.admin = self.admin_for(config)
         self.reloads: Counter[str] = Counter()
         self._stop = asyncio.Event()
@@ -78,16 +84,23 @@ class Daemon:
         return Endpoint(config, whole.user_agent, shared_port=self._worker.count > 1)
 
     def admin_for(self, config: Config) -> AdminServer | None:
-        """Each worker has its own admin listener, on the configured port plus its index."""
+        """Every worker listens on the configured port; each shows all workers' figures."""
         if config.metrics is None:
             return None
-        port = config.metrics.bind_port + self._worker.index
-        return self.admin_on(config.metrics.model_copy(update={"bind_port": port}))
+        return self.admin_on(config.metrics)
 
     def admin_on(self, config: MetricsConfig) -> AdminServer:
-        from ..admin.server import AdminServer  # noqa: PLC0415 - aiohttp: 12 MiB, only if used
+        # aiohttp (12 MiB) and prometheus-client: imported only if metrics are configured
+        from ..admin.server import AdminServer  # noqa: PLC0415
+        from ..admin.view import Alone, Fleet  # noqa: PLC0415
 
-        return AdminServer(config, self, shared_port=self._worker.count > 1)
+        if self._view is None:
+            worker = self._worker
+            if worker.count > 1 and worker.peers is not None:
+                self._view = Fleet(self, worker.index, worker.count, worker.peers)
+            else:
+                self._view = Alone(self)
+        return AdminServer(config, self._view, shared_port=self._worker.count > 1)
 
     @property
     def ready(self) -> bool:
@@ -227,6 +240,8 @@ class Daemon:
                 endpoint.stop_accepting()
             if self.admin is not None:
                 await self.admin.stop()
+            if self._view is not None:
+                await self._view.stop()
         timeout = self.config.shutdown_timeout / 1000
         await asyncio.gather(
             *(endpoint.stop(timeout) for endpoint in self.endpoints), *self._background

@@ -5,7 +5,9 @@ One event loop is one core's worth of Python. Each worker is a forked copy runni
 new connections over the workers. The supervisor forks them before any event loop or HTTP client
 thread exists (fork-safe), forwards SIGTERM/SIGINT/SIGHUP, restarts a worker that dies, and speaks
 for all of them to systemd: each worker's ``NOTIFY_SOCKET`` is the supervisor's own datagram
-socket, and the supervisor says ``READY=1`` once every worker has.
+socket, and the supervisor says ``READY=1`` once every worker has. Beside it, the directory
+``peers`` is where each worker listens for the others (``Worker.peers``: one metrics view); the
+supervisor only makes it.
 """
 
 from __future__ import annotations
@@ -91,12 +93,16 @@ class Supervisor:
         self._status = 0
         self._known = KnownConfigs(path)
         """Configs this supervisor validated on a reload, by their file's digest."""
+        self._peers: str | None = None
+        """The workers' directory for their private sockets, in this supervisor's own."""
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT and every worker has drained; the exit status (0 only if
         every worker exited 0, so a second signal that kills them gives 1)."""
         with tempfile.TemporaryDirectory(prefix="prac-") as directory:
             notify_path = str(Path(directory) / "notify")
+            self._peers = str(Path(directory) / "peers")
+            os.mkdir(self._peers, 0o700)
             with open_inbox(notify_path) as inbox:
                 return self._serve(inbox, notify_path)
 
@@ -292,7 +298,8 @@ class Supervisor:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
             os.environ["NOTIFY_SOCKET"] = notify_path
-            status = self._worker_main(child.config, Worker(child.index, len(self._children)))
+            worker = Worker(child.index, len(self._children), self._peers)
+            status = self._worker_main(child.config, worker)
         except SystemExit as exit_:
             status = exit_.code if isinstance(exit_.code, int) else 1
         except BaseException:
