@@ -5,7 +5,7 @@ Node.js and uvicorn). docs/performance.md has the comparison and the decision.
     python bench/httptools_parser.py PEER_DIR    # then: bench/run.py --peer-src PEER_DIR
 
 writes a peer source directory: this checkout's package, interpreted, with a ``sitecustomize``
-that makes the native client parse with this class (a compiled ``native`` module calls its
+that makes the native client parse with this class (compiled, ``native_connection`` calls its
 parser directly, so the swap needs the interpreted one; it says so on stderr).
 
 What it keeps of ours, on top of llhttp: only a 200's body, the body limit (a dropped body past
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httptools
 
-from postfix_rest_api_connector.httpclient import native
+from postfix_rest_api_connector.httpclient import native_connection as native
 from postfix_rest_api_connector.httpclient.codec import (
     _COMPRESSIONS,
     MAX_HEADERS,
@@ -205,7 +205,7 @@ def install() -> None:
     """Makes the native client parse with ``HttptoolsResponseParser`` in this process."""
     if not native.__file__ or not native.__file__.endswith(".py"):
         raise RuntimeError(f"{native.__file__}: a compiled native client cannot be switched")
-    native.ResponseParser = HttptoolsResponseParser  # type: ignore[attr-defined,assignment]
+    native.ResponseParser = HttptoolsResponseParser  # type: ignore[misc,assignment,attr-defined]
     print("bench: the native client parses with httptools (llhttp)", file=sys.stderr)
 
 
