@@ -205,7 +205,7 @@ def install() -> None:
     """Makes the native client parse with ``HttptoolsResponseParser`` in this process."""
     if not native.__file__ or not native.__file__.endswith(".py"):
         raise RuntimeError(f"{native.__file__}: a compiled native client cannot be switched")
-    native.ResponseParser = HttptoolsResponseParser  # type: ignore[misc,assignment,attr-defined]
+    native.ResponseParser = HttptoolsResponseParser  # type: ignore[assignment,attr-defined]
     print("bench: the native client parses with httptools (llhttp)", file=sys.stderr)
 
 
