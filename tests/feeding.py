@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from postfix_rest_api_connector.core.model import LookupRequest, Malformed, PolicyRequest
+from postfix_rest_api_connector.core.model import Request
 from postfix_rest_api_connector.protocols import Decoder
 
-Decoded = list[LookupRequest | PolicyRequest | Malformed]
+Decoded = list[Request]
 
 
 def split_reads(stream: bytes, sizes: Sequence[int]) -> list[bytes]:

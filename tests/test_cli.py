@@ -37,7 +37,8 @@ from conftest import (
     tcp_get,
     write_config,
 )
-from postfix_rest_api_connector import __version__
+from postfix_rest_api_connector import __version__, demo
+from postfix_rest_api_connector.protocols.sasl import client_login
 
 TOKEN = "tok-SECRET-123"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("postfix-rest-api-connector")
@@ -347,7 +348,7 @@ async def test_timestamps_only_without_journald(
 # the demo
 
 DEMO_PORT = re.compile(
-    r"^\s+(?P<mode>tcp-lookup|socketmap-lookup|policy)\s+127\.0\.0\.1:(?P<port>\d+)$"
+    r"^\s+(?P<mode>tcp-lookup|socketmap-lookup|policy|sasl)\s+127\.0\.0\.1:(?P<port>\d+)$"
 )
 
 
@@ -385,7 +386,7 @@ async def test_demo_answers_real_postmap_and_policy(tmp_path: Path, spawn: Spawn
 
     connector = await spawn("--demo", "--demo-base-port", "0")
     ports = await demo_ports(connector)
-    assert set(ports) == {"tcp-lookup", "socketmap-lookup", "policy"}, connector.lines
+    assert set(ports) == {"tcp-lookup", "socketmap-lookup", "policy", "sasl"}, connector.lines
     assert 0 not in ports.values()
 
     tcp_table = f"tcp:127.0.0.1:{ports['tcp-lookup']}"
@@ -406,6 +407,16 @@ async def test_demo_answers_real_postmap_and_policy(tmp_path: Path, spawn: Spawn
     finally:
         writer.close()
     assert reply == b"action=REJECT This mailbox does not accept mail\n\n"
+
+    # the sample user logs in as the sample API names it
+    reader, writer = await asyncio.open_connection("127.0.0.1", ports["sasl"])
+    try:
+        await asyncio.wait_for(reader.readuntil(b"DONE\n"), DEADLINE)
+        writer.write(client_login(demo.DEMO_USER, demo.DEMO_PASSWORD))
+        login = await asyncio.wait_for(reader.readline(), DEADLINE)
+    finally:
+        writer.close()
+    assert login == b"OK\t1\tuser=alice\n"
 
     connector.process.send_signal(signal.SIGTERM)
     assert await connector.finish() == 0, connector.stderr

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from functools import partial
+from pathlib import Path
 
 import uvloop
 
@@ -37,7 +38,8 @@ def _add_log_format(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postfix-rest-api-connector",
-        description="Answer Postfix tcp_table, socketmap and policy requests from a REST API.",
+        description="Answer Postfix tcp_table, socketmap, policy and SMTP AUTH (Dovecot SASL)"
+        " requests from a REST API.",
     )
     parser.add_argument("config", nargs="?", help="path to the JSON config file")
     parser.add_argument(
@@ -50,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=demo.BASE_PORT,
         metavar="PORT",
-        help=f"demo: tcp on PORT, socketmap on PORT+1, policy on PORT+2 (default {demo.BASE_PORT};"
-        " 0 picks free ports)",
+        help=f"demo: tcp on PORT, socketmap on PORT+1, policy on PORT+2, sasl on PORT+3"
+        f" (default {demo.BASE_PORT}; 0 picks free ports)",
     )
     parser.add_argument(
         "--log-level",
@@ -100,8 +102,8 @@ async def _serve_demo(base_port: int) -> None:
     runner, api_url = await api.start_api()
 
     def announce(daemon: Daemon) -> None:
-        tcp, socketmap, policy = (endpoint.addresses[0][1] for endpoint in daemon.endpoints)
-        print(demo.try_it(api_url, (tcp, socketmap, policy)), flush=True)
+        tcp, socketmap, policy, sasl = (endpoint.addresses[0][1] for endpoint in daemon.endpoints)
+        print(demo.try_it(api_url, (tcp, socketmap, policy, sasl)), flush=True)
 
     try:
         await Daemon(parse_config(demo.demo_config(api_url, base_port))).run(announce)
@@ -132,10 +134,25 @@ def _command_parser() -> argparse.ArgumentParser:
     query.add_argument("config")
     query.add_argument("endpoint", help="the endpoint's name")
     query.add_argument(
-        "key", nargs="+", help="the lookup key, or NAME=VALUE attributes for a policy endpoint"
+        "key",
+        nargs="+",
+        help="the lookup key, NAME=VALUE attributes for a policy endpoint, or a sasl user name",
     )
     query.add_argument("--map", help="socketmap: the map name Postfix would send")
+    query.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="sasl: the password, the file's first line ('-' reads it from stdin)",
+    )
     return parser
+
+
+def _read_password(path: str | None) -> str | None:
+    """The first line, without its line end; never echoed or logged."""
+    if path is None:
+        return None
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return text.splitlines()[0] if text else ""
 
 
 def _run_command(argv: list[str]) -> int:
@@ -149,8 +166,13 @@ def _run_command(argv: list[str]) -> int:
         return EX_CONFIG
     if args.command == "check-config":
         return commands.check_config(config, args.config)
+    try:
+        password = _read_password(args.password_file)
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"--password-file: cannot read: {type(error).__name__}", file=sys.stderr)
+        return 2
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(commands.query(config, args.endpoint, args.key, args.map))
+        return runner.run(commands.query(config, args.endpoint, args.key, args.map, password))
 
 
 COMMANDS = frozenset({"check-config", "query"})

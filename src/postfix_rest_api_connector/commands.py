@@ -7,8 +7,23 @@ import sys
 from .backend import RestBackend
 from .cache import open_cache
 from .config import Config, EndpointConfig
-from .config.settings import backend_settings, cache_settings, reply_options, service_settings
-from .core.model import Found, LookupRequest, NotFound, PolicyRequest, Request
+from .config.settings import (
+    backend_settings,
+    cache_settings,
+    decoder_limits,
+    reply_options,
+    service_settings,
+)
+from .core.model import (
+    Found,
+    LoginRequest,
+    LookupRequest,
+    Malformed,
+    NotFound,
+    PolicyRequest,
+    Request,
+)
+from .protocols import FramingError, sasl
 from .protocols.modes import Call
 from .runtime.endpoint import service_call
 from .service import EndpointService
@@ -39,15 +54,33 @@ def check_config(config: Config, path: str) -> int:
         print(
             f"  {endpoint.name}: {endpoint.mode} on {endpoint.listen_description} -> "
             f"{endpoint.target_for_logs} (token: {_token_source(endpoint)},"
-            f" timeout {endpoint.request_timeout} ms)"
+            f" timeout {endpoint.request_timeout} ms{_login_summary(endpoint)})"
         )
     return 0
 
 
-async def query(config: Config, endpoint_name: str, args: list[str], map_name: str | None) -> int:
+def _login_summary(endpoint: EndpointConfig) -> str:
+    if endpoint.mode_spec.call is not Call.LOGIN:
+        return ""
+    plaintext = "also without TLS" if endpoint.allow_plaintext else "TLS sessions only"
+    cached = f", successes cached {endpoint.cache_ttl} ms" if endpoint.cache_ttl else ""
+    return (
+        f", PLAIN and LOGIN on {plaintext}, refusals after {endpoint.failure_delay} ms,"
+        f" {endpoint.request_format} body{cached}"
+    )
+
+
+async def query(
+    config: Config,
+    endpoint_name: str,
+    args: list[str],
+    map_name: str | None,
+    password: str | None = None,
+) -> int:
     """One real request through the endpoint's service, printed as ``postmap -q`` would.
 
-    The exact reply Postfix would receive goes to stderr; a found value to stdout.
+    The exact reply Postfix would receive goes to stderr; a found value (sasl: the user name
+    of a login that succeeded) to stdout.
     """
     endpoint = next((e for e in config.endpoints if e.name == endpoint_name), None)
     if endpoint is None:
@@ -55,10 +88,12 @@ async def query(config: Config, endpoint_name: str, args: list[str], map_name: s
         print(f"no endpoint named {endpoint_name!r} (endpoints: {names})", file=sys.stderr)
         return 2
     try:
-        request = _request(endpoint, args, map_name)
+        request = _request(endpoint, args, map_name, password)
     except QueryError as error:
         print(error, file=sys.stderr)
         return 2
+    if isinstance(request, Malformed):  # the sasl codec refused it: no API call
+        return _refused(endpoint, request)
     backend = RestBackend(backend_settings(endpoint, config.user_agent, endpoint.token()))
     service = EndpointService(
         endpoint.name, backend, service_settings(endpoint), open_cache(cache_settings(endpoint))
@@ -69,16 +104,35 @@ async def query(config: Config, endpoint_name: str, args: list[str], map_name: s
     finally:
         await backend.close()
     reply = endpoint.mode_spec.new_replies(reply_options(endpoint))(request, outcome)
-    print(f"postfix gets: {reply!r}", file=sys.stderr)
+    _print_reply(reply)
     if isinstance(outcome, Found):
         print(outcome.value)
         return 0
     return 1 if isinstance(outcome, NotFound) else EX_TEMPFAIL
 
 
-def _request(endpoint: EndpointConfig, args: list[str], map_name: str | None) -> Request:
+def _print_reply(reply: bytes) -> None:
+    if reply:
+        print(f"postfix gets: {reply!r}", file=sys.stderr)
+    else:
+        print("postfix gets: its connection reset (smtpd answers 454 4.7.0)", file=sys.stderr)
+
+
+def _refused(endpoint: EndpointConfig, request: Malformed) -> int:
+    reply = endpoint.mode_spec.new_replies(reply_options(endpoint))(request, NotFound())
+    _print_reply(reply)
+    return 1
+
+
+def _request(
+    endpoint: EndpointConfig, args: list[str], map_name: str | None, password: str | None
+) -> Request:
     """The request Postfix would send, from the command line, as the table of modes says."""
     mode = endpoint.mode_spec
+    if mode.call is Call.LOGIN:
+        return _login_request(endpoint, " ".join(args), password)
+    if password is not None:
+        raise QueryError("--password-file only applies to a sasl endpoint")
     if mode.call is Call.POLICY:
         return PolicyRequest(
             tuple(
@@ -92,3 +146,20 @@ def _request(endpoint: EndpointConfig, args: list[str], map_name: str | None) ->
     if not map_name:
         raise QueryError(f"a {mode.name} endpoint needs --map NAME, as Postfix always sends one")
     return LookupRequest(key, map_name.encode())
+
+
+def _login_request(
+    endpoint: EndpointConfig, username: str, password: str | None
+) -> LoginRequest | Malformed:
+    """Decoded from the lines smtpd would send for ``AUTH PLAIN`` in a TLS session, so that the
+    codec's own checks apply as they would to Postfix."""
+    if password is None:
+        raise QueryError(f"a {endpoint.mode} endpoint needs --password-file FILE")
+    decoder = endpoint.mode_spec.new_decoder(decoder_limits(endpoint))
+    try:
+        decoded = decoder.feed(sasl.client_login(username, password))
+    except FramingError:
+        raise QueryError("the login does not fit in one line of the protocol") from None
+    request = decoded[-1]
+    assert isinstance(request, LoginRequest | Malformed)
+    return request

@@ -683,13 +683,18 @@ CACHE_KEYS = {
 }
 
 
+SASL_CACHE_KEYS = {"cache-ttl", "cache-max-entries"}
+"""A sasl endpoint may cache its successes."""
+
+
 @pytest.mark.parametrize(("key", "value"), CACHE_KEYS.items())
 def test_cache_keys_are_rejected_on_a_policy_endpoint(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(
             {"endpoints": [endpoint_config("policy", "http://127.0.0.1:1/", **{key: value})]}
         )
-    assert raised.value.problems == [f"endpoints[0].{key}: only applies to the lookup modes"]
+    modes = "the lookup modes and mode 'sasl'" if key in SASL_CACHE_KEYS else "the lookup modes"
+    assert raised.value.problems == [f"endpoints[0].{key}: only applies to {modes}"]
 
 
 @pytest.mark.parametrize("mode", LOOKUP_MODES)

@@ -35,6 +35,25 @@ OUTCOME_LABELS = {
     PermanentError: "permanent",
     Timeout: "timeout",
 }
+LOGIN_OUTCOME_LABELS = {
+    Found: "ok",
+    NotFound: "failed",
+    PermanentError: "failed",
+    TemporaryError: "temporary",
+    Timeout: "temporary",
+}
+"""sasl: a login succeeded, was refused (by the API, or by the connector for input it cannot
+use), or failed for now (smtpd answers 454)."""
+
+
+def _by_outcome(mode: str, answered: Counter[type]) -> dict[str, int]:
+    """Replies sent, by the outcome label the mode's metrics use."""
+    if mode != "sasl":
+        return {label: answered[kind] for kind, label in OUTCOME_LABELS.items()}
+    counts = dict.fromkeys(LOGIN_OUTCOME_LABELS.values(), 0)
+    for kind, label in LOGIN_OUTCOME_LABELS.items():
+        counts[label] += answered[kind]
+    return counts
 
 
 class Observed(Protocol):
@@ -83,8 +102,9 @@ class ConnectorCollector(Collector):
         )
         for endpoint in endpoints:
             name = endpoint.config.name
-            for kind, outcome in OUTCOME_LABELS.items():
-                requests.add_metric([name, endpoint.config.mode, outcome], endpoint.answered[kind])
+            mode = endpoint.config.mode
+            for outcome, count in _by_outcome(mode, endpoint.answered).items():
+                requests.add_metric([name, mode, outcome], count)
             connections.add_metric([name], len(endpoint.tracker.open))
         yield requests
         yield connections

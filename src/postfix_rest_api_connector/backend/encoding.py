@@ -5,6 +5,7 @@ as a separator."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from ..core.model import LookupRequest, PolicyRequest
 
@@ -34,7 +35,10 @@ def lookup_query(request: LookupRequest) -> str:
 
 def form_body(request: PolicyRequest) -> bytes:
     """Every attribute in order, names and values form-encoded from their raw bytes."""
+    return form_encoded(request.attributes)
+
+
+def form_encoded(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``name=value`` pairs joined by ``&``, each side form-encoded from its raw bytes."""
     escape = _UNRESERVED_COMPLEMENT.sub
-    return b"&".join(
-        escape(_form, name) + b"=" + escape(_form, value) for name, value in request.attributes
-    )
+    return b"&".join(escape(_form, name) + b"=" + escape(_form, value) for name, value in fields)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..core.model import (
     Answer,
     Failure,
+    LoginRequest,
     LookupRequest,
     PolicyRequest,
     TemporaryError,
@@ -31,6 +32,7 @@ from ..httpclient import (
 )
 from .contract import cache_max_age, lookup_outcome, policy_outcome
 from .encoding import form_body, lookup_query
+from .login import RequestFormat, login_body, login_outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class BackendSettings:
     http: ClientSettings
     credentials: Credentials
     list_separator: str
+    login_format: RequestFormat = "form"
+    """sasl: the login as a form or as JSON (``request-format``)."""
 
 
 class RestBackend:
@@ -49,6 +53,7 @@ class RestBackend:
 
     def __init__(self, settings: BackendSettings) -> None:
         self._separator = settings.list_separator
+        self._login_format = settings.login_format
         self._target = settings.target
         self._credentials = settings.credentials
         self._client = open_client(settings.target, settings.http)
@@ -77,6 +82,23 @@ class RestBackend:
         if not isinstance(response, HttpResponse):
             return Answer(response)
         return Answer(policy_outcome(response.status, response.body))
+
+    async def authenticate(
+        self, request: LoginRequest, request_id: str, budget: float | None
+    ) -> Answer:
+        """A login is never cached by the API's say-so: its ``max_age`` stays ``None``."""
+        headers = self._credentials.current() or await self._credentials.renew()
+        body, content_type = login_body(request, self._login_format)
+        sent = self._client.post(
+            self._target, body, headers, request_id, budget, content_type=content_type
+        )
+        response = await self._ask(sent)
+        if not isinstance(response, HttpResponse):
+            return Answer(response)
+        outcome = login_outcome(
+            response.status, response.body, response.content_type, request.username
+        )
+        return Answer(outcome)
 
     async def _ask(self, sent: Awaitable[HttpResponse]) -> HttpResponse | Failure:
         """The response, or the failure as an outcome; timed and counted either way."""

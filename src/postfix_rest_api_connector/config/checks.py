@@ -82,15 +82,24 @@ def cross_checks(config: Config) -> Iterator[str]:
 
 
 def _mode_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
-    """Keys the table of modes gives to other modes than this endpoint's."""
-    accepted = MODES[endpoint.mode].keys
+    """Keys the table of modes gives to other modes than this endpoint's, and a
+    ``request-timeout`` longer than the mode's client waits."""
+    mode = MODES[endpoint.mode]
     for field in sorted(endpoint.model_fields_set):
         key = EndpointConfig.model_fields[field].alias or field
-        if key in MODE_KEYS and key not in accepted:
+        if key in MODE_KEYS and key not in mode.keys:
             yield f"{where}.{key}: only applies to {_modes_phrase(modes_accepting(key))}"
+    longest = mode.max_request_timeout
+    if longest is not None and endpoint.request_timeout > longest:
+        yield (
+            f"{where}.request-timeout: at most {longest} ms for mode '{mode.name}'"
+            " (its client gives up after 10 s)"
+        )
 
 
 def _modes_phrase(names: list[str]) -> str:
-    if all(MODES[name].call is Call.LOOKUP for name in names) and len(names) > 1:
-        return "the lookup modes"
-    return "mode " + " or ".join(f"'{name}'" for name in names)
+    lookups = [name for name in names if MODES[name].call is Call.LOOKUP]
+    others = " or ".join(f"'{name}'" for name in names if name not in lookups)
+    if len(lookups) < 2:
+        return "mode " + " or ".join(f"'{name}'" for name in names)
+    return "the lookup modes" + (f" and mode {others}" if others else "")

@@ -30,7 +30,7 @@ from pyreqwest.http import Url
 from .. import __version__
 from ..httpclient import headers
 from ..protocols import DEFAULT_MAX_ATTRIBUTES, DEFAULT_MAX_REQUEST, policy
-from ..protocols.modes import MODES, Mode
+from ..protocols.modes import MODES, SASL_MAX_REQUEST_TIMEOUT, Mode
 
 DEFAULT_USER_AGENT = f"postfix-rest-api-connector/{__version__}"
 DEFAULT_FAILURE_ACTION = "DEFER_IF_PERMIT Service temporarily unavailable"
@@ -157,6 +157,13 @@ class EndpointConfig(BaseModel):
     retry_backoff: Milliseconds = Field(25, alias="retry-backoff", ge=1, le=60_000)
     breaker_failures: int = Field(0, alias="breaker-failures", ge=0, le=1_000_000)
     breaker_cooldown: Milliseconds = Field(5_000, alias="breaker-cooldown", ge=100, le=3_600_000)
+    # sasl only (the table of modes says which keys each mode takes)
+    failure_delay: Milliseconds = Field(
+        2_000, alias="failure-delay", ge=0, le=SASL_MAX_REQUEST_TIMEOUT
+    )
+    """From a refused login's arrival to its answer; smtpd gives up after 10 s."""
+    allow_plaintext: bool = Field(False, alias="allow-plaintext")
+    request_format: Literal["form", "json"] = Field("form", alias="request-format")
 
     @model_validator(mode="after")
     def _one_listener(self) -> EndpointConfig:

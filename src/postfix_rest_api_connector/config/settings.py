@@ -35,7 +35,7 @@ def backend_settings(config: EndpointConfig, user_agent: str, token: str | None)
     """The target parsed, the CA file's certificates read now, the token as a header."""
     http = ClientSettings(
         user_agent=user_agent,
-        accept_json=config.mode_spec.call is Call.LOOKUP,
+        accept_json=config.mode_spec.call is not Call.POLICY,
         timeout=config.request_timeout / 1000,
         max_body_bytes=config.max_response_bytes,
         ca_pem=read_ca_file(config),
@@ -46,6 +46,7 @@ def backend_settings(config: EndpointConfig, user_agent: str, token: str | None)
         http=http,
         credentials=StaticCredentials(Headers.of(token_header)),
         list_separator=config.list_separator,
+        login_format=config.request_format,
     )
 
 
@@ -59,6 +60,7 @@ def service_settings(config: EndpointConfig) -> ServiceSettings:
         respect_cache_control=config.cache_control,
         breaker_failures=config.breaker_failures,
         breaker_cooldown=config.breaker_cooldown / 1000,
+        failure_delay=config.failure_delay / 1000,
     )
 
 
@@ -77,7 +79,9 @@ def connection_limits(config: EndpointConfig) -> Limits:
 
 
 def decoder_limits(config: EndpointConfig) -> DecoderLimits:
-    return DecoderLimits(config.max_request_bytes, config.max_policy_attributes)
+    return DecoderLimits(
+        config.max_request_bytes, config.max_policy_attributes, config.allow_plaintext
+    )
 
 
 def reply_options(config: EndpointConfig) -> ReplyOptions:

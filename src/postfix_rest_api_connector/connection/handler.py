@@ -4,12 +4,17 @@ Postfix keeps a connection for many requests and sends the next only after the r
 may arrive split over reads or several in one read; the codec sorts that out and this loop answers
 them one at a time, in order. Limits live here: connections per listener, pipelined requests
 waiting, write backpressure, the idle timeout, the read deadline, and the drain on shutdown.
+
+A protocol whose requests carry ids (sasl) gets ``ConcurrentConnection`` instead: the same shell,
+but every request is answered on its own, as soon as its answer is known.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -27,6 +32,11 @@ FEED_BYTES = 4096
 """Bytes given to the decoder at a time, and only while fewer than ``MAX_WAITING`` requests
 wait: one read (uvloop's reach 256 KiB) of tiny pipelined requests would otherwise become tens
 of thousands of request objects at once. The rest waits as bytes."""
+MAX_IN_FLIGHT = 32
+"""``ConcurrentConnection``: requests of one connection being answered at once; past it, the
+next ones wait (and, past ``MAX_WAITING`` of those, reading stops). smtpd sends one at a time."""
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on with a zero timeout: ``close`` sends a TCP reset instead of a FIN."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,10 @@ class ModeBinding:
     """The mode's reply table; ``None`` for the request when the error is the connection's."""
     greeting: Callable[[], bytes] | None = None
     """Sent first on every new connection, for a protocol where the server speaks first."""
+    concurrent: bool = False
+    """Requests are answered independently, as they complete (``ConcurrentConnection``)."""
+    close_with_reset: bool = False
+    """Close TCP connections with a reset, never a FIN."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +112,7 @@ class Connection(asyncio.Protocol):
         self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)
         if self._binding.greeting is not None:
             self._write(self._binding.greeting())
+            self._watch_read_deadline(False)  # a handshake the client owes has a deadline too
 
     def data_received(self, data: bytes) -> None:
         self._unfed = self._unfed + data if self._unfed else data
@@ -161,12 +176,17 @@ class Connection(asyncio.Protocol):
         """Stop reading; close once every request already received is answered."""
         self._draining = True
         self._pause_reading()
-        if self._in_flight is None and not self._waiting and not self._unfed:
+        if not self._busy():
             self._close()
 
     def abort(self) -> None:
         if self._transport is not None:
+            self._reset_on_close()
             self._transport.abort()
+
+    def _busy(self) -> bool:
+        """Requests received and not yet answered."""
+        return self._in_flight is not None or bool(self._waiting) or bool(self._unfed)
 
     # the request loop
 
@@ -258,8 +278,18 @@ class Connection(asyncio.Protocol):
         self._transport.write(reply)
 
     def _close(self) -> None:
+        """After the replies already written have gone out."""
         if self._transport is not None and not self._transport.is_closing():
+            self._reset_on_close()
             self._transport.close()
+
+    def _reset_on_close(self) -> None:
+        assert self._transport is not None
+        if not self._binding.close_with_reset:
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:
@@ -287,10 +317,81 @@ class Connection(asyncio.Protocol):
         """
         idle_for = self._loop.time() - self._last_activity
         idle_timeout = self._limits.idle_timeout
-        busy = self._in_flight is not None or self._waiting or self._unfed
-        if not busy and idle_for >= idle_timeout:
+        if not self._busy() and idle_for >= idle_timeout:
             log.debug("closing connection idle for %.0f s", idle_for)
             self._close()
             return
         delay = max(idle_timeout - idle_for, 0.0) or idle_timeout
         self._idle_timer = self._loop.call_later(delay, self._check_idle)
+
+
+class ConcurrentConnection(Connection):
+    """For a protocol whose requests carry ids (sasl): each request is answered on its own, as
+    soon as its answer is known, up to ``MAX_IN_FLIGHT`` at once; replies the codec can give at
+    once still leave in request order. A reply of no bytes resets the connection: that is how
+    such a protocol says "try again later" (and what becomes of the other answers still owed).
+    """
+
+    def __init__(self, binding: ModeBinding, tracker: ConnectionTracker, limits: Limits) -> None:
+        super().__init__(binding, tracker, limits)
+        self._answering: set[asyncio.Task[None]] = set()
+
+    def _busy(self) -> bool:
+        return bool(self._answering) or super()._busy()
+
+    def _answer_next(self) -> None:
+        """Start on every waiting request while fewer than ``MAX_IN_FLIGHT`` are being answered;
+        stops while the client is not reading its replies, as the ordered loop does."""
+        while not self._writing_paused and len(self._answering) < MAX_IN_FLIGHT:
+            if len(self._waiting) < MAX_WAITING and self._unfed:
+                self._feed()
+            if not self._waiting:
+                if not self._draining:
+                    self._maybe_resume_reading()
+                elif not self._answering:
+                    self._close()
+                return
+            request = self._waiting[0]
+            if isinstance(request, _Fatal):
+                if self._answering:
+                    return  # what came before it is answered first; the last one comes back
+                log.info("closing connection: %s", request.error.reason)
+                self._write(self._binding.reply(None, request.error))
+                self._close()
+                return
+            self._waiting.popleft()
+            reply = self._binding.answer_now(request)
+            if reply is None:
+                task = self._loop.create_task(self._answer_alone(request))
+                self._answering.add(task)
+                continue
+            self._send(reply)
+            self._last_activity = self._loop.time()
+
+    async def _answer_alone(self, request: Request) -> None:
+        """The reply once the service has answered; other requests go on meanwhile. Once the
+        client has gone, the answer is dropped (the call is never cancelled: see ``Connection``)."""
+        try:
+            reply = self._binding.reply(request, await self._binding.ask(request))
+            if self._transport is None or self._transport.is_closing():
+                return
+            self._send(reply)
+            self._last_activity = self._loop.time()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("closing connection after an internal error")
+            self._close()
+        finally:
+            current = asyncio.current_task()
+            if current is not None:
+                self._answering.discard(current)  # before the next: this one is done
+        if self._transport is not None and not self._transport.is_closing():
+            self._answer_next()
+
+    def _send(self, reply: bytes) -> None:
+        if reply:
+            self._write(reply)
+        else:
+            log.debug("resetting the connection: the protocol's temporary failure")
+            self._close()

@@ -38,10 +38,45 @@ class PolicyRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginRequest:
+    """SMTP AUTH credentials for the API to check (sasl), as Postfix's smtpd passed them on.
+
+    ``id`` names the exchange on its connection (the reply carries it back); the password is
+    never shown, and reaches nothing but the API request's body.
+    """
+
+    id: bytes
+    mechanism: str
+    """``PLAIN`` or ``LOGIN``, upper case whatever the client typed."""
+    username: str
+    service: str
+    """Postfix's ``smtpd_sasl_service``, ``smtp`` unless changed."""
+    local_ip: str
+    remote_ip: str
+    """The SMTP client's address; empty when smtpd does not know it."""
+    secured: bool
+    """The SMTP session runs over TLS."""
+    password: str = secret()
+
+
+@dataclass(frozen=True, slots=True)
+class LoginChallenge:
+    """A SASL exchange that needs more from the client before it can be checked (the LOGIN
+    mechanism's ``Username:``); the codec answers it itself, the service never sees it."""
+
+    id: bytes
+    challenge: bytes
+    """The raw challenge; the reply carries it base64-encoded."""
+
+
+@dataclass(frozen=True, slots=True)
 class Malformed:
     """A request that was framed correctly but cannot be served; the connection stays usable."""
 
     reason: str
+    tag: bytes = b""
+    """What the error reply names the request by, in a protocol whose replies carry the id of
+    the request they answer (sasl); empty where replies go out in request order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +112,7 @@ class Timeout:
     reason: str
 
 
-Request = LookupRequest | PolicyRequest | Malformed
+Request = LookupRequest | PolicyRequest | LoginRequest | LoginChallenge | Malformed
 """Whatever a decoder gives the connection."""
 Outcome = Found | NotFound | TemporaryError | PermanentError | Timeout
 Failure = TemporaryError | PermanentError | Timeout

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import DEMO_PASSWORD, DEMO_USER
+
 LOOKUPS: dict[str, dict[str, list[str]]] = {
     "domains": {"example.com": ["example.com"], "example.org": ["example.org"]},
     "mailboxes": {
@@ -18,6 +20,8 @@ LOOKUPS: dict[str, dict[str, list[str]]] = {
 }
 """Map name to key to values; the tcp endpoint answers from all maps together."""
 
+USERS = {DEMO_USER: DEMO_PASSWORD}
+"""The sasl endpoint's users: name to password (a real API keeps only hashes)."""
 REJECTED_RECIPIENTS = {"blocked@example.com": "REJECT This mailbox does not accept mail"}
 DEFERRED_CLIENTS = {"192.0.2.1": "DEFER_IF_PERMIT Try again later"}
 
@@ -46,11 +50,21 @@ async def _policy(request: web.Request) -> web.Response:
     return web.Response(text=f"action={action}\n")
 
 
+async def _auth(request: web.Request) -> web.Response:
+    """The sasl contract: 200 with the canonical user name, 401 for anything else."""
+    form = await request.post()
+    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    if USERS.get(username.lower()) != password:
+        return web.Response(status=401)
+    return web.json_response({"user": username.lower().partition("@")[0]})
+
+
 def build_api() -> web.Application:
     app = web.Application()
     app.router.add_get("/lookup", _tcp_lookup)
     app.router.add_get("/socketmap", _socketmap_lookup)
     app.router.add_post("/policy", _policy)
+    app.router.add_post("/auth", _auth)
     return app
 
 

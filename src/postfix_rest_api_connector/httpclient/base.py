@@ -113,4 +113,17 @@ class HttpClient(Protocol):
         """``POST target`` with a form-encoded body."""
         ...
 
+    def post(
+        self,
+        target: Target,
+        body: bytes,
+        headers: Headers,
+        request_id: str,
+        budget: float | None,
+        *,
+        content_type: str,
+    ) -> Awaitable[HttpResponse]:
+        """``POST target`` with a body of the given ``Content-Type``."""
+        ...
+
     async def close(self) -> None: ...

@@ -81,6 +81,25 @@ class NativeClient:
         payload = encode_request(b"POST", target.path, head, body)
         return self._round_trip(target, payload, budget, idempotent=False)
 
+    def post(
+        self,
+        target: Target,
+        body: bytes,
+        headers: Headers,
+        request_id: str,
+        budget: float | None,
+        *,
+        content_type: str,
+    ) -> _Pending:
+        try:
+            head = self._request_headers(headers, request_id) + _header_line(
+                "Content-Type", content_type
+            )
+        except ValueError:
+            raise InvalidRequest("the request could not be built") from None
+        payload = encode_request(b"POST", target.path, head, body)
+        return self._round_trip(target, payload, budget, idempotent=False)
+
     def _request_headers(self, headers: Headers, request_id: str) -> bytes:
         return b"%s%sX-Request-Id: %s\r\n" % (
             self._headers,

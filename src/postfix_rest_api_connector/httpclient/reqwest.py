@@ -64,6 +64,22 @@ class ReqwestClient:
 
         return self._send(build, headers, request_id, budget)
 
+    def post(
+        self,
+        target: Target,
+        body: bytes,
+        headers: Headers,
+        request_id: str,
+        budget: float | None,
+        *,
+        content_type: str,
+    ) -> Awaitable[HttpResponse]:
+        def build() -> RequestBuilder:
+            request = self._client.post(target.url)
+            return request.header("Content-Type", content_type).body_bytes(body)
+
+        return self._send(build, headers, request_id, budget)
+
     async def _send(
         self,
         build: Callable[[], RequestBuilder],

@@ -34,6 +34,8 @@ class DecoderLimits:
 
     max_request: int = DEFAULT_MAX_REQUEST
     max_attributes: int = DEFAULT_MAX_ATTRIBUTES
+    allow_plaintext: bool = False
+    """sasl: plaintext mechanisms outside TLS too (``allow-plaintext``)."""
 
 
 class Decoder(Protocol):
@@ -52,4 +54,5 @@ class Decoder(Protocol):
 
 ReplyTable = Callable[[Request | None, Outcome], bytes]
 """A mode's replies: the request answered (``None`` for an error that belongs to the connection,
-such as lost framing) and its outcome, to the exact bytes Postfix gets."""
+such as lost framing) and its outcome, to the exact bytes Postfix gets. In a mode whose
+connections answer requests as they complete (sasl), no bytes mean: reset the connection."""

@@ -24,7 +24,7 @@ from ..config.settings import (
     reply_options,
     service_settings,
 )
-from ..connection import Connection, ConnectionTracker, ModeBinding
+from ..connection import ConcurrentConnection, Connection, ConnectionTracker, ModeBinding
 from ..core.model import Malformed, Outcome, PermanentError, Request
 from ..core.stats import ApiStats
 from ..protocols import ReplyTable
@@ -50,6 +50,8 @@ def service_call(service: EndpointService, call: Call) -> tuple[Ask, Cached | No
             return cast(Ask, service.lookup), cast(Cached, service.cached)
         case Call.POLICY:
             return cast(Ask, service.check_policy), None
+        case Call.LOGIN:
+            return cast(Ask, service.authenticate), cast(Cached, service.cached_login)
 
 
 def _counted(reply: ReplyTable, answered: Counter[type]) -> ReplyTable:
@@ -78,12 +80,23 @@ def bind_mode(
             return reply(request, outcome)
         return None
 
+    itself = mode.answer_itself
+
+    def answer_itself_or_now(request: Request) -> bytes | None:
+        """A mode whose codec answers some requests itself (sasl) asks it first; the other
+        modes' requests do not pay for the question."""
+        assert itself is not None
+        own = itself(request)
+        return own if own is not None else answer_now(request)
+
     return ModeBinding(
         new_decoder=lambda: mode.new_decoder(limits),
-        answer_now=answer_now,
+        answer_now=answer_now if itself is None else answer_itself_or_now,
         ask=ask,
         reply=reply,
         greeting=mode.greeting,
+        concurrent=mode.concurrent,
+        close_with_reset=mode.close_with_reset,
     )
 
 
@@ -157,9 +170,10 @@ class Endpoint:
         """
         loop = asyncio.get_running_loop()
         binding, tracker, limits = self._binding, self.tracker, connection_limits(self.config)
+        kind = ConcurrentConnection if binding.concurrent else Connection
 
         def connection() -> Connection:
-            return Connection(binding, tracker, limits)
+            return kind(binding, tracker, limits)
 
         path = self.config.bind_path
         sockets = inherited or self._bind()

@@ -4,12 +4,18 @@ Per request: an id, then the cache, then coalescing (concurrent lookups of one k
 call), then the circuit breaker and bounded retries inside ``request-timeout``, and, when the API
 fails, the last good answer if it is recent enough. Any unexpected exception becomes a temporary
 error: nothing here can turn a failure into "not found".
+
+Logins (sasl) take the same path without coalescing or stale answers: only a success is cached,
+under an HMAC of the credentials, and a refusal is held back until ``failure-delay`` has passed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from ..core.context import new_request_id, request_id
 from ..core.model import (
     Answer,
     Found,
+    LoginRequest,
     LookupRequest,
     NotFound,
     Outcome,
@@ -49,6 +56,10 @@ class Backend(Protocol):
         self, request: PolicyRequest, request_id: str, budget: float | None
     ) -> Answer: ...
 
+    async def authenticate(
+        self, request: LoginRequest, request_id: str, budget: float | None
+    ) -> Answer: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
@@ -63,6 +74,8 @@ class ServiceSettings:
     respect_cache_control: bool = True
     breaker_failures: int = 0
     breaker_cooldown: float = 5.0
+    failure_delay: float = 0.0
+    """Logins: seconds after its arrival before a refused login is answered."""
 
 
 class EndpointService:
@@ -80,6 +93,8 @@ class EndpointService:
         self._answers_fresh = settings.cache_ttl > 0 or settings.negative_cache_ttl > 0
         self._in_flight: SingleFlight[CacheKey, Outcome] = SingleFlight()
         """The lookups being fetched: concurrent ones of one key share one API call."""
+        self._login_secret = os.urandom(32)
+        """Keys the login cache's HMACs: random, and never out of this process's memory."""
         self.stats = ServiceStats()
 
     @property
@@ -144,7 +159,54 @@ class EndpointService:
         self._log_outcome(request, outcome)
         return outcome
 
-    def _log_outcome(self, request: LookupRequest | PolicyRequest, outcome: Outcome) -> None:
+    def cached_login(self, request: LoginRequest) -> Found | None:
+        """A success still within ``cache-ttl`` for exactly these credentials (the fast path)."""
+        if self._settings.cache_ttl <= 0:
+            return None
+        outcome = self._cache.fresh(self._login_key(request), time.time())
+        if isinstance(outcome, Found):
+            self.stats.cache_hits += 1
+            return outcome
+        return None
+
+    async def authenticate(self, request: LoginRequest) -> Outcome:
+        """The API's verdict on a login. Never coalesced (a password is not a key to share),
+        never answered stale; any API failure is temporary, never "authentication failed"."""
+        request_id.set(new_request_id())
+        arrived = time.monotonic()
+        cached = self.cached_login(request)
+        if cached is not None:
+            return cached
+        stats = self.stats
+        if self._settings.cache_ttl > 0:
+            stats.cache_misses += 1
+        stats.in_flight += 1
+        try:
+            ask = partial(self._backend.authenticate, request)
+            outcome = (await self._attempts(ask)).outcome
+        except Exception:
+            log.exception(_UNEXPECTED, self._name)
+            outcome = INTERNAL_ERROR
+        finally:
+            stats.in_flight -= 1
+        if isinstance(outcome, Found) and self._settings.cache_ttl > 0:
+            key = self._login_key(request)
+            self._cache.store(key, outcome, time.time(), self._settings.cache_ttl)
+        self._log_outcome(request, outcome)
+        if isinstance(outcome, NotFound):
+            # From the login's arrival: a quick "no such user" then looks like a slow check.
+            await asyncio.sleep(max(self._settings.failure_delay - time.monotonic() + arrived, 0))
+        return outcome
+
+    def _login_key(self, request: LoginRequest) -> CacheKey:
+        """Nothing reversible: an HMAC of user name and password (neither may hold a NUL)."""
+        credentials = f"{request.username}\x00{request.password}".encode()
+        digest = hmac.new(self._login_secret, credentials, hashlib.sha256).digest()
+        return (self._scope, None, digest)
+
+    def _log_outcome(
+        self, request: LookupRequest | PolicyRequest | LoginRequest, outcome: Outcome
+    ) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %r -> %r", self._name, request, outcome)
 
