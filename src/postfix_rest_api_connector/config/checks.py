@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal
 
 from ..httpclient import headers
 from ..protocols.modes import MODE_KEYS, MODES, Call, modes_accepting
@@ -103,3 +104,38 @@ def _modes_phrase(names: list[str]) -> str:
     if len(lookups) < 2:
         return "mode " + " or ".join(f"'{name}'" for name in names)
     return "the lookup modes" + (f" and mode {others}" if others else "")
+
+
+SocketKind = Literal["tcp", "unix", "datagram", "connected", "other"]
+"""What a socket that systemd passed is: a listening TCP or unix stream socket, or one an
+endpoint cannot serve on (``runtime.listeners.socket_kind``)."""
+
+_UNSERVABLE = {
+    "datagram": "a datagram socket: the socket unit needs ListenStream=",
+    "connected": "a connection, not a listening socket: the socket unit needs Accept=no",
+    "other": "a socket that is neither TCP nor unix: the socket unit needs ListenStream=",
+}
+_OTHER_KIND = {
+    "tcp": "a TCP socket, but a bind-path endpoint serves a unix socket: the socket unit"
+    " needs ListenStream=/PATH, or the endpoint bind-port",
+    "unix": "a unix socket, but a bind-port endpoint serves TCP: the socket unit needs"
+    " ListenStream=ADDRESS:PORT, or the endpoint bind-path",
+}
+
+
+def passed_socket_problems(
+    config: Config, passed: Mapping[str, Sequence[SocketKind]]
+) -> Iterator[str]:
+    """An endpoint that systemd passes sockets for (by its name, ``FileDescriptorName=``)
+    serves on them, so they must be of its kind: TCP for ``bind-port``, unix for ``bind-path``.
+    The endpoint's address, port and path are not used then, but still checked as usual, so
+    that the file works unchanged where no socket is passed."""
+    for index, endpoint in enumerate(config.endpoints):
+        key, wanted = ("bind-path", "unix") if endpoint.bind_path else ("bind-port", "tcp")
+        for kind in dict.fromkeys(passed.get(endpoint.name, ())):
+            if kind != wanted:
+                what = _UNSERVABLE.get(kind) or _OTHER_KIND[kind]
+                yield (
+                    f"endpoints[{index}].{key}: the socket systemd passed"
+                    f" (FileDescriptorName={endpoint.name}) is {what}"
+                )

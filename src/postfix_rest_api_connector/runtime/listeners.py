@@ -1,6 +1,7 @@
 """Every listening socket is made here, for endpoints and the admin listener alike: TCP (shared
-by the workers with ``SO_REUSEPORT``), unix sockets, and duplicates of a running listener's
-sockets, which a reload hands to the listener that replaces it.
+by the workers with ``SO_REUSEPORT``), unix sockets, duplicates of a running listener's
+sockets, which a reload hands to the listener that replaces it, and the sockets systemd passes
+(socket activation, ``SystemdSockets``).
 
 Listeners then serve on the sockets they are given (``loop.create_server(sock=...)``), so there
 is one way to bind and one way to hand over, whatever serves on the socket.
@@ -9,11 +10,16 @@ is one way to bind and one way to hand over, whatever serves on the socket.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping, MutableMapping
 
+from ..config import Config, ConfigError
+from ..config.checks import SocketKind, passed_socket_problems
 from . import unix_socket
+
+log = logging.getLogger(__name__)
 
 BACKLOG = 1024
 """Connections the kernel queues per listener while the loop is busy (Postfix retries after
@@ -80,3 +86,127 @@ def duplicates(sockets: Iterable[socket.socket]) -> list[socket.socket]:
 def close_all(sockets: Iterable[socket.socket]) -> None:
     for sock in sockets:
         sock.close()
+
+
+SD_LISTEN_FDS_START = 3
+"""The first descriptor systemd passes (``sd_listen_fds(3)``)."""
+LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+UNNAMED = "unknown"
+"""systemd's name for a passed descriptor that ``$LISTEN_FDNAMES`` does not name."""
+
+
+def socket_kind(sock: socket.socket) -> SocketKind:
+    """What a passed socket is, as far as an endpoint cares."""
+    if sock.type != socket.SOCK_STREAM:
+        return "datagram"
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        return "connected"
+    if sock.family == socket.AF_UNIX:
+        return "unix"
+    if sock.family in {socket.AF_INET, socket.AF_INET6}:
+        return "tcp"
+    return "other"
+
+
+def describe(sock: socket.socket) -> str:
+    """Where a listening socket listens, for the log: ``127.0.0.1:9001``, ``unix:/path``."""
+    address = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{address}" if address else "unix:(unnamed)"
+    if sock.family == socket.AF_INET6:
+        return f"[{address[0]}]:{address[1]}"
+    if sock.family == socket.AF_INET:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+class SystemdSockets:
+    """The listening sockets systemd passed (socket activation), by ``FileDescriptorName=``.
+
+    Taken once, in the process systemd started and before the supervisor forks, so every worker
+    inherits the same sockets and accepts from one queue. They stay open until the process
+    exits: an endpoint serves on duplicates (``for_endpoint``), so no reload, whatever it starts
+    or stops, closes one for good (the daemon could not bind it again: a port below 1024, a
+    path it may not write).
+    """
+
+    def __init__(self, by_name: Mapping[str, list[socket.socket]] | None = None) -> None:
+        self._by_name = {name: list(sockets) for name, sockets in (by_name or {}).items()}
+
+    def add(self, name: str, sock: socket.socket) -> None:
+        """One more socket (several may share a name: one unit listening on two addresses)."""
+        self._by_name.setdefault(name, []).append(sock)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_name)
+
+    def passes(self, name: str) -> bool:
+        """Whether systemd passed a socket for the endpoint called ``name``."""
+        return name in self._by_name
+
+    def kinds(self) -> dict[str, list[SocketKind]]:
+        return {name: [socket_kind(s) for s in socks] for name, socks in self._by_name.items()}
+
+    def check(self, config: Config) -> None:
+        """``ConfigError`` if an endpoint's config does not fit the socket passed for it (a
+        unix socket for a TCP endpoint, say): at start and on every reload."""
+        problems = list(passed_socket_problems(config, self.kinds()))
+        if problems:
+            raise ConfigError(problems)
+
+    def close_unclaimed(self, names: Collection[str]) -> None:
+        """Close, with a warning, every socket no endpoint of ``names`` claims: nothing would
+        ever accept its connections, which would wait in the kernel until Postfix gives up."""
+        for name in [name for name in self._by_name if name not in names]:
+            for sock in self._by_name.pop(name):
+                log.warning(
+                    "systemd passed a socket named %r (%s) that no endpoint claims: closed it;"
+                    " its socket unit's FileDescriptorName= must be an endpoint's name",
+                    name,
+                    describe(sock),
+                )
+                sock.close()
+
+    def for_endpoint(self, name: str) -> list[socket.socket] | None:
+        """Duplicates of the sockets passed for the endpoint ``name``, or ``None`` (it binds
+        its own)."""
+        sockets = self._by_name.get(name)
+        return duplicates(sockets) if sockets else None
+
+    def close(self) -> None:
+        """At exit only."""
+        for sockets in self._by_name.values():
+            close_all(sockets)
+        self._by_name.clear()
+
+
+def take_systemd_sockets(environ: MutableMapping[str, str] = os.environ) -> SystemdSockets:
+    """The sockets systemd passed to this process (``sd_listen_fds_with_names(3)``), taken once.
+
+    The variables are removed whatever they say, so no child process (a worker, a command
+    started later) takes descriptors meant for this one, and the descriptors are made
+    close-on-exec. A ``LISTEN_PID`` that is not this process means they were meant for
+    another: none is taken. Raises ``ConfigError`` if they are malformed or a passed descriptor
+    is not a socket.
+    """
+    pid, count, names = (environ.pop(name, None) for name in LISTEN_VARIABLES)
+    if pid is None or count is None or pid.strip() != str(os.getpid()):
+        return SystemdSockets()
+    if not count.isdigit():
+        raise ConfigError([f"LISTEN_FDS: {count!r} is not a number of descriptors"])
+    listed = names.split(":") if names else []
+    taken = SystemdSockets()
+    for offset in range(int(count)):
+        fd = SD_LISTEN_FDS_START + offset
+        name = listed[offset] if offset < len(listed) and listed[offset] else UNNAMED
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as error:
+            taken.close()
+            raise ConfigError(
+                [f"LISTEN_FDS: descriptor {fd} ({name!r}) is not a usable socket: {error.strerror}"]
+            ) from None
+        taken.add(name, sock)
+        log.info("systemd passed a socket named %r: %s", name, describe(sock))
+    return taken
