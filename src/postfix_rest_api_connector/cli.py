@@ -17,6 +17,7 @@ from . import __version__, commands, demo
 from .config import Config, ConfigError, load_config, parse_config
 from .log import configure
 from .runtime.daemon import Daemon, StartupError, Worker
+from .runtime.listeners import SystemdSockets, take_systemd_sockets
 from .supervisors.workers import Supervisor
 
 EX_CONFIG = 78
@@ -79,17 +80,28 @@ def build() -> str:
 
 
 def _serve(config: Config, path: str) -> int:
-    """One process, or a supervisor of ``workers`` processes (forked before any event loop)."""
-    workers = config.effective_workers
-    if workers == 1:
-        return _run_daemon(config, None, path)
-    return Supervisor(config, path, workers, partial(_run_daemon, path=path)).run()
+    """One process, or a supervisor of ``workers`` processes (forked before any event loop).
+
+    The sockets systemd passed are taken first, here in the process it started, so that every
+    worker inherits the same ones; they are closed only when this process exits.
+    """
+    systemd = take_systemd_sockets()
+    try:
+        systemd.check(config)
+        systemd.close_unclaimed({endpoint.name for endpoint in config.endpoints})
+        workers = config.effective_workers
+        if workers == 1:
+            return _run_daemon(config, None, path, systemd)
+        main = partial(_run_daemon, path=path, systemd=systemd)
+        return Supervisor(config, path, workers, main).run()
+    finally:
+        systemd.close()
 
 
-def _run_daemon(config: Config, worker: Worker | None, path: str) -> int:
+def _run_daemon(config: Config, worker: Worker | None, path: str, systemd: SystemdSockets) -> int:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(Daemon(config, path, worker).run())
+            runner.run(Daemon(config, path, worker, systemd).run())
     except StartupError as error:
         log.error("%s", error)  # noqa: TRY400 - the message is the whole story
         return EX_STARTUP

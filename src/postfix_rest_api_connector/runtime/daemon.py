@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -22,8 +23,10 @@ from ..config import (
     config_from_bytes,
     read_config_file,
 )
+from . import listeners
 from . import reload as reloading
 from .endpoint import Endpoint
+from .listeners import SystemdSockets
 from .notify import notify, reload_result
 
 if TYPE_CHECKING:
@@ -56,11 +59,17 @@ class Daemon:
     """All endpoints of one config, and the admin listener if the config has one."""
 
     def __init__(
-        self, config: Config, config_path: str | Path | None = None, worker: Worker | None = None
+        self,
+        config: Config,
+        config_path: str | Path | None = None,
+        worker: Worker | None = None,
+        systemd: SystemdSockets | None = None,
     ) -> None:
         self.config = config
         self._config_path = config_path
         self._worker = worker or Worker(0, 1)
+        self._systemd = systemd or SystemdSockets()
+        """The sockets systemd passed, by endpoint name; held (not owned) until exit."""
         self.endpoints = [self.endpoint(endpoint, config) for endpoint in self.served(config)]
         self._view: Alone | None = None
         """What the admin listeners show; made with the first, kept while the daemon runs."""
@@ -75,10 +84,18 @@ class Daemon:
 
     def served(self, config: Config) -> list[EndpointConfig]:
         """The endpoints this process serves: all, except unix sockets in workers after the
-        first (a unix socket cannot be shared out by the kernel as a TCP port can)."""
+        first (a unix socket cannot be shared out by the kernel as a TCP port can), unless
+        systemd passed it: every worker then accepts from its one queue."""
         if self._worker.index == 0:
             return list(config.endpoints)
-        return [endpoint for endpoint in config.endpoints if endpoint.bind_path is None]
+        return [
+            endpoint
+            for endpoint in config.endpoints
+            if endpoint.bind_path is None or self._systemd.passes(endpoint.name)
+        ]
+
+    def systemd_sockets(self, config: EndpointConfig) -> list[socket.socket] | None:
+        return self._systemd.for_endpoint(config.name)
 
     def endpoint(self, config: EndpointConfig, whole: Config) -> Endpoint:
         return Endpoint(config, whole.user_agent, shared_port=self._worker.count > 1)
@@ -109,9 +126,11 @@ class Daemon:
 
     async def start(self) -> None:
         for index, endpoint in enumerate(self.endpoints):
+            passed = self.systemd_sockets(endpoint.config)
             try:
-                await endpoint.start()
+                await endpoint.start(passed, from_systemd=passed is not None)
             except OSError as error:
+                listeners.close_all(passed or ())
                 await self.stop()
                 where = f"endpoints[{index}]"
                 raise StartupError(reloading.cannot_listen(where, endpoint, error)) from None
@@ -200,6 +219,7 @@ class Daemon:
                 data = read_config_file(self._config_path)
                 digest = config_digest(data)
                 new = config_from_bytes(data, self._config_path)
+                self._systemd.check(new)
             except ConfigError as error:
                 problems = "\n  ".join(error.problems)
                 log.error("reload: config invalid, still running the previous one:\n  %s", problems)  # noqa: TRY400

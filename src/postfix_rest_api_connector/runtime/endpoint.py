@@ -138,7 +138,10 @@ class Endpoint:
         self._servers: list[asyncio.Server] = []
         self._socket_inode: int | None = None
         self.inherited = False
-        """Listening on sockets handed over by the endpoint this one replaced on a reload."""
+        """Listening on sockets handed over by the endpoint this one replaced on a reload, or
+        on duplicates of those systemd passed."""
+        self.from_systemd = False
+        """Listening on sockets systemd passed: their file, if any, is systemd's."""
 
     @property
     def api_stats(self) -> ApiStats:
@@ -163,10 +166,15 @@ class Endpoint:
         port = cast(int, self.config.bind_port)
         return listeners.bind_tcp(self.config.bind_address, port, shared=self._shared_port)
 
-    async def start(self, inherited: list[socket.socket] | None = None) -> None:
-        """Listen, on ``inherited`` sockets (a reload's hand-over) or on newly bound ones.
+    async def start(
+        self, inherited: list[socket.socket] | None = None, *, from_systemd: bool = False
+    ) -> None:
+        """Listen, on ``inherited`` sockets (a reload's hand-over, or duplicates of the ones
+        systemd passed) or on newly bound ones.
 
-        An ``OSError`` (port taken, no such address) reaches the caller.
+        The socket file of a unix socket from systemd is systemd's (its ``SocketMode=``,
+        ``SocketUser=``): never chmod'ed, chown'ed or unlinked here. An ``OSError`` (port taken,
+        no such address) reaches the caller.
         """
         loop = asyncio.get_running_loop()
         binding, tracker, limits = self._binding, self.tracker, connection_limits(self.config)
@@ -185,8 +193,11 @@ class Endpoint:
             else:
                 server = await loop.create_server(connection, sock=sock, backlog=listeners.BACKLOG)
             self._servers.append(server)
-        self.inherited = bool(inherited)
-        if path is not None:
+        self.inherited, self.from_systemd = bool(inherited), from_systemd
+        if from_systemd:
+            where = ", ".join(listeners.describe(sock) for sock in self._sockets())
+            self._warn_if_configured_elsewhere()
+        elif path is not None:
             self._socket_inode = os.lstat(path).st_ino
             if not inherited:  # an inherited socket is still its predecessor's until committed
                 self.apply_socket_permissions()
@@ -194,11 +205,12 @@ class Endpoint:
         else:
             where = ", ".join(f"{host}:{port}" for host, port in self.addresses)
         log.info(
-            "endpoint %s (%s) listening on %s, asking %s",
+            "endpoint %s (%s) listening on %s, asking %s%s",
             self.config.name,
             self.config.mode,
             where,
             self.config.target_for_logs,
+            " (socket from systemd)" if from_systemd else "",
         )
         exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
         if exposed:
@@ -209,8 +221,27 @@ class Endpoint:
                 ", ".join(exposed),
             )
 
+    def _warn_if_configured_elsewhere(self) -> None:
+        """The socket unit decides where a socket from systemd listens; Postfix's tables
+        probably name the config's address, so a difference is worth a line."""
+        config = self.config
+        if config.bind_path is not None:
+            same = config.bind_path in {sock.getsockname() for sock in self._sockets()}
+        else:
+            same = not config.bind_port or config.bind_port in {port for _, port in self.addresses}
+        if not same:
+            log.warning(
+                "endpoint %s: the socket systemd passed listens elsewhere than its config's %s,"
+                " which is not used; Postfix must use the socket unit's address",
+                config.name,
+                config.listen_description,
+            )
+
+    def _sockets(self) -> list[socket.socket]:
+        return [sock for server in self._servers for sock in server.sockets]
+
     def apply_socket_permissions(self) -> None:
-        if self.config.bind_path is not None:
+        if self.config.bind_path is not None and not self.from_systemd:
             unix_socket.set_permissions(
                 self.config.bind_path, self.config.socket_mode, self.config.socket_owner
             )
@@ -220,7 +251,7 @@ class Endpoint:
         """The bound TCP addresses (the real port when the config said 0)."""
         if self.config.bind_path is not None:
             return []
-        return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
+        return [sock.getsockname()[:2] for sock in self._sockets()]
 
     @property
     def is_serving(self) -> bool:
@@ -228,7 +259,7 @@ class Endpoint:
 
     def listening_sockets(self) -> list[socket.socket]:
         """For the endpoint that replaces this one on a reload (``listeners.duplicates``)."""
-        return listeners.duplicates(sock for server in self._servers for sock in server.sockets)
+        return listeners.duplicates(self._sockets())
 
     def stop_accepting(self, *, keep_socket_file: bool = False) -> None:
         """Close the listeners; the unix socket file goes too, unless a successor now uses it."""

@@ -3,7 +3,9 @@
 Endpoints are matched by name. One whose config, user agent, token and CA certificates (files
 re-read) are equal is kept as it is, with its connections. For the others, the new endpoints
 start first; a changed one on the same address takes over duplicates of its predecessor's
-listening sockets (``listeners.duplicates``), so no connection attempt is refused. Only when every
+listening sockets (``listeners.duplicates``), so no connection attempt is refused. One whose
+name systemd passed a socket for gets duplicates of that socket, which the daemon holds until it
+exits (``listeners.SystemdSockets``): the same queue, whatever its config says. Only when every
 new listener listens are the old ones closed and drained; if one cannot listen, the new ones are
 closed and nothing changes.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +44,9 @@ class Builder(Protocol):
     def served(self, config: Config) -> list[EndpointConfig]: ...
 
     def endpoint(self, config: EndpointConfig, whole: Config) -> Endpoint: ...
+
+    def systemd_sockets(self, config: EndpointConfig) -> list[socket.socket] | None:
+        """Duplicates of the sockets systemd passed for this endpoint, if any."""
 
     def admin_for(self, config: Config) -> AdminServer | None: ...
 
@@ -75,7 +81,10 @@ async def apply(current: Serving, new: Config, build: Builder) -> Serving:
             if config.name not in kept and config in served:
                 endpoint = build.endpoint(config, new)
                 started[config.name] = endpoint
-                await _start_replacing(endpoint, index, running, retiring, handed_over)
+                passed = build.systemd_sockets(config)
+                await _start_replacing(
+                    endpoint, index, running, retiring, handed_over, passed=passed
+                )
         admin = await _next_admin(current, new, build)  # last: nothing that can fail comes after
     except Exception as error:
         log.error("reload: %s; still running the previous config", error)  # noqa: TRY400
@@ -100,6 +109,12 @@ async def apply(current: Serving, new: Config, build: Builder) -> Serving:
     for endpoint in retiring:
         endpoint.stop_accepting(keep_socket_file=endpoint in handed_over)
         build.in_background(endpoint.stop(grace))
+        if endpoint.from_systemd and endpoint.config.name not in started:
+            log.warning(
+                "reload: endpoint %s is gone; the socket systemd passed for it stays open, its"
+                " connections waiting, until an endpoint of that name comes back",
+                endpoint.config.name,
+            )
     if admin is not current.admin and current.admin is not None:
         await current.admin.stop()
     log.info(
@@ -117,13 +132,18 @@ async def _start_replacing(
     running: dict[str, Endpoint],
     retiring: list[Endpoint],
     handed_over: set[Endpoint],
+    *,
+    passed: list[socket.socket] | None,
 ) -> None:
-    """Start ``endpoint`` on its predecessor's sockets if one retires from its address."""
+    """Start ``endpoint`` on the sockets systemd ``passed`` for it, or on its predecessor's if
+    one retires from its address."""
     config = endpoint.config
-    predecessor = _predecessor(config, running.get(config.name), retiring, handed_over)
-    sockets = predecessor.listening_sockets() if predecessor else None
+    predecessor = None
+    if passed is None:
+        predecessor = _predecessor(config, running.get(config.name), retiring, handed_over)
+    sockets = passed or (predecessor.listening_sockets() if predecessor else None)
     try:
-        await endpoint.start(sockets)
+        await endpoint.start(sockets, from_systemd=passed is not None)
     except OSError as error:
         listeners.close_all(sockets or ())
         raise ReloadFailed(cannot_listen(f"endpoints[{index}]", endpoint, error)) from None
@@ -205,11 +225,13 @@ def _predecessor(
     """The retiring endpoint whose listening socket ``config`` can take over, if any.
 
     The same name on the same address first; otherwise any retiring endpoint on the same fixed
-    address (a port of 0 means "any free port", which only the same name can carry over).
+    address (a port of 0 means "any free port", which only the same name can carry over). Never
+    one on a socket from systemd, which listens where its socket unit says, not its config.
     """
     key = listen_key(config)
-    if same_name is not None and same_name in retiring and same_name.listen_key == key:
+    candidates = [e for e in retiring if not e.from_systemd]
+    if same_name is not None and same_name in candidates and same_name.listen_key == key:
         return same_name
     if isinstance(key, tuple) and not key[1]:
         return None
-    return next((e for e in retiring if e.listen_key == key and e not in taken), None)
+    return next((e for e in candidates if e.listen_key == key and e not in taken), None)
