@@ -106,12 +106,12 @@ def _modes_phrase(names: list[str]) -> str:
     return "the lookup modes" + (f" and mode {others}" if others else "")
 
 
-SocketKind = Literal["tcp", "unix", "datagram", "connected", "other"]
+SocketKind = Literal["tcp", "unix", "packet", "connected", "other"]
 """What a socket that systemd passed is: a listening TCP or unix stream socket, or one an
 endpoint cannot serve on (``runtime.listeners.socket_kind``)."""
 
 _UNSERVABLE = {
-    "datagram": "a datagram socket: the socket unit needs ListenStream=",
+    "packet": "not a stream socket: the socket unit needs ListenStream=",
     "connected": "a connection, not a listening socket: the socket unit needs Accept=no",
     "other": "a socket that is neither TCP nor unix: the socket unit needs ListenStream=",
 }

@@ -98,7 +98,7 @@ UNNAMED = "unknown"
 def socket_kind(sock: socket.socket) -> SocketKind:
     """What a passed socket is, as far as an endpoint cares."""
     if sock.type != socket.SOCK_STREAM:
-        return "datagram"
+        return "packet"
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         return "connected"
     if sock.family == socket.AF_UNIX:
@@ -137,9 +137,6 @@ class SystemdSockets:
         """One more socket (several may share a name: one unit listening on two addresses)."""
         self._by_name.setdefault(name, []).append(sock)
 
-    def __bool__(self) -> bool:
-        return bool(self._by_name)
-
     def passes(self, name: str) -> bool:
         """Whether systemd passed a socket for the endpoint called ``name``."""
         return name in self._by_name
@@ -155,8 +152,9 @@ class SystemdSockets:
             raise ConfigError(problems)
 
     def close_unclaimed(self, names: Collection[str]) -> None:
-        """Close, with a warning, every socket no endpoint of ``names`` claims: nothing would
-        ever accept its connections, which would wait in the kernel until Postfix gives up."""
+        """Close, with a warning, every socket no endpoint of ``names`` claims: nothing here
+        would accept its connections (under systemd they wait unanswered in its queue), so the
+        administrator must learn why."""
         for name in [name for name in self._by_name if name not in names]:
             for sock in self._by_name.pop(name):
                 log.warning(
