@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds into OUT (default dist/): the wheel and sdist, a single-file zipapp (shiv) that runs on a
-# bare python3.X, and a .deb and an .rpm (for EL9) holding that zipapp, the systemd unit, the
-# sample config, the man pages, the Grafana dashboard and the Prometheus alerting rules.
+# bare python3.X, and a .deb and an .rpm (for EL9) holding that zipapp, the systemd unit and
+# the example socket units, the sample config, the man pages, the Grafana dashboard and the
+# Prometheus alerting rules.
 #
 #   bash packaging/build.sh [OUT]
 #
@@ -17,6 +18,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PACKAGING=$ROOT/packaging
 NAME=postfix-rest-api-connector
+# Socket activation: one socket unit per endpoint of the sample config that has one (enabled by
+# the administrator, never by the packages).
+SOCKETS=("$NAME-domains.socket" "$NAME-policy.socket")
 OUT=${1:-$ROOT/dist}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -138,6 +142,9 @@ DOC=$DEBROOT/usr/share/doc/$NAME
 install -d -m 0755 "$DEBROOT" "$DEBROOT/DEBIAN" "$DOC" "$DOC/examples"
 install -D -m 0755 "$PYZ" "$DEBROOT/usr/bin/$NAME"
 install -D -m 0644 "$PACKAGING/$NAME.service" "$DEBROOT/lib/systemd/system/$NAME.service"
+for unit in "${SOCKETS[@]}"; do
+    install -m 0644 "$PACKAGING/sockets/$unit" "$DEBROOT/lib/systemd/system/$unit"
+done
 install -D -m 0644 "$PACKAGING/config.json" "$DEBROOT/etc/$NAME/config.json"
 install -D -m 0644 "$COMMON/$NAME.8.gz" "$DEBROOT/usr/share/man/man8/$NAME.8.gz"
 install -D -m 0644 "$COMMON/$NAME.json.5.gz" "$DEBROOT/usr/share/man/man5/$NAME.json.5.gz"
@@ -163,8 +170,8 @@ Description: answer Postfix lookups and policy requests from a REST API
  delegation protocols and answers each request from an HTTP REST API.
  .
  Ships as a single zipapp with its libraries bundled, a hardened systemd unit
- (not enabled on install), a sample config in /etc/$NAME, man pages, a
- Grafana dashboard and Prometheus alerting rules.
+ and example socket units (none enabled on install), a sample config in
+ /etc/$NAME, man pages, a Grafana dashboard and Prometheus alerting rules.
 EOF
 DEB=$OUT/${NAME}_${PKG_VERSION}_$ARCH.deb
 dpkg-deb --root-owner-group --build "$DEBROOT" "$DEB"
@@ -178,6 +185,9 @@ install -d -m 0755 "$SOURCES" "$RPMTOP/tmp" "$RPMTOP/db"
 install -m 0644 "$PYZ" "$SOURCES/$NAME.pyz"
 install -m 0644 "$PACKAGING/$NAME.service" "$PACKAGING/config.json" "$ROOT/README.md" \
     "$COMMON"/* "$SOURCES/"
+for unit in "${SOCKETS[@]}"; do
+    install -m 0644 "$PACKAGING/sockets/$unit" "$SOURCES/"
+done
 install -m 0644 "$PACKAGING/README.md" "$SOURCES/README.packaging.md"
 RPM=$OUT/$NAME-$PKG_VERSION-$RPM_RELEASE.el9.$MACHINE.rpm
 rpmbuild -bb --quiet --target "$MACHINE" \

@@ -43,6 +43,11 @@ BINARY = Path("/usr/bin/postfix-rest-api-connector")
 INSTALLED_UNIT = Path("/lib/systemd/system/postfix-rest-api-connector.service")
 RPM_UNIT = Path("/usr/lib/systemd/system/postfix-rest-api-connector.service")
 """Where EL9 keeps units (on Debian bookworm /lib is /usr/lib, so both paths work there)."""
+SOCKETS = sorted((PACKAGING / "sockets").glob("*.socket"))
+"""The socket units, one per endpoint of the sample config that has one; both packages install
+them beside the service, enabled by nobody but the administrator."""
+INSTALLED_SOCKETS = {INSTALLED_UNIT.with_name(unit.name): unit for unit in SOCKETS}
+RPM_SOCKETS = {RPM_UNIT.with_name(unit.name): unit for unit in SOCKETS}
 INSTALLED_CONFIG = Path("/etc/postfix-rest-api-connector/config.json")
 SAMPLE_CONFIG = PACKAGING / "config.json"
 MAN_PAGES = {
@@ -221,6 +226,7 @@ DOC = Path("/usr/share/doc/postfix-rest-api-connector")
 DEB_FILES = {
     BINARY,
     INSTALLED_UNIT,
+    *INSTALLED_SOCKETS,
     INSTALLED_CONFIG,
     *MAN_PAGES,
     DOC / "README.md",
@@ -292,8 +298,8 @@ def installed(built: Built) -> Iterator[Built]:
 
 def _enablement_links() -> list[Path]:
     return [
-        *Path("/etc/systemd/system").glob(f"*.wants/{PACKAGE}.service"),
-        *Path("/var/lib/systemd").glob(f"deb-systemd-helper-*/**/{PACKAGE}.service*"),
+        *Path("/etc/systemd/system").glob(f"*.wants/{PACKAGE}*"),
+        *Path("/var/lib/systemd").glob(f"deb-systemd-helper-*/**/{PACKAGE}*"),
     ]
 
 
@@ -312,7 +318,9 @@ def test_deb_installs_the_binary_unit_and_conffile(installed: Built) -> None:
     assert str(INSTALLED_CONFIG) in conffiles, "the config must survive upgrades as a conffile"
     assert os.access(BINARY, os.X_OK)
     assert INSTALLED_UNIT.read_bytes() == UNIT_FILE.read_bytes()
-    links = list(Path("/etc/systemd/system").glob(f"*.wants/{PACKAGE}.service"))
+    for installed_socket, source in INSTALLED_SOCKETS.items():
+        assert installed_socket.read_bytes() == source.read_bytes()
+    links = list(Path("/etc/systemd/system").glob(f"*.wants/{PACKAGE}*"))
     assert not links, f"the sample config points at a placeholder API: not enabled, yet {links}"
 
 
@@ -363,7 +371,7 @@ def test_installed_unit_verifies(installed: Built) -> None:
     if analyze is None:
         pytest.skip("systemd-analyze not found (package systemd): the unit was not verified")
     result = subprocess.run(
-        [analyze, "verify", "--man=no", str(INSTALLED_UNIT)],
+        [analyze, "verify", "--man=no", str(INSTALLED_UNIT), *map(str, INSTALLED_SOCKETS)],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -549,6 +557,7 @@ def test_unit_hardening_score() -> None:
 RPM_FILES = {
     BINARY,
     RPM_UNIT,
+    *RPM_SOCKETS,
     INSTALLED_CONFIG.parent,
     INSTALLED_CONFIG,
     INSTALLED_CONFIG.with_name("config.json.sample"),
@@ -561,6 +570,8 @@ RPM_FILES = {
     Path("/usr/share/licenses/postfix-rest-api-connector"),
     Path("/usr/share/licenses/postfix-rest-api-connector/copyright"),
 }
+SOCKET_UNITS = f"{PACKAGE}-domains.socket {PACKAGE}-policy.socket"
+"""As the scriptlets name them, after the service."""
 RECORDING_SYSTEMCTL = '#!/bin/sh\necho "$*" >>/systemctl.log\n'
 PREDECESSOR_CONFIG = b'{"user-agent": "the predecessor\'s", "endpoints": []}\n'
 
@@ -681,6 +692,8 @@ def test_rpm_installs_what_it_lists(built: Built, rpm_installed: Path) -> None:
     assert _under(rpm_installed, BINARY).read_bytes() == built.pyz.read_bytes()
     assert os.access(_under(rpm_installed, BINARY), os.X_OK)
     assert _under(rpm_installed, RPM_UNIT).read_bytes() == UNIT_FILE.read_bytes()
+    for installed_socket, source in RPM_SOCKETS.items():
+        assert _under(rpm_installed, installed_socket).read_bytes() == source.read_bytes()
     for page, source in MAN_PAGES.items():
         assert gzip.decompress(_under(rpm_installed, page).read_bytes()) == source.read_bytes()
     assert systemctl_calls(rpm_installed) == [], "no systemd runs: nothing to ask it"
@@ -706,7 +719,8 @@ def test_the_predecessors_install_steps_work_word_for_word(
 
 def test_rpm_scriptlets_behave_like_the_systemd_macros(built: Built, tmp_path: Path) -> None:
     """Install: daemon-reload, nothing enabled or started. Upgrade (``--reinstall`` runs the
-    scriptlets as an upgrade does): daemon-reload and try-restart. Erase: disable and stop,
+    scriptlets as an upgrade does): daemon-reload and try-restart of the service only (its
+    socket units keep listening meanwhile). Erase: disable and stop, sockets included,
     daemon-reload, the zipapp's cache removed. Without a running systemd only the disable.
     And a config.json already there (the predecessor's) is kept, ours set beside it."""
     _require_root()
@@ -715,7 +729,7 @@ def test_rpm_scriptlets_behave_like_the_systemd_macros(built: Built, tmp_path: P
     rpm_in(root, "--install", "--nodeps", str(built.rpm))
     assert systemctl_calls(root) == []
     rpm_in(root, "--erase", PACKAGE)
-    assert systemctl_calls(root) == [f"--no-reload disable {UNIT}"]
+    assert systemctl_calls(root) == [f"--no-reload disable {UNIT} {SOCKET_UNITS}"]
 
     (root / "run/systemd/system").mkdir(parents=True)
     config = _under(root, INSTALLED_CONFIG)
@@ -734,7 +748,10 @@ def test_rpm_scriptlets_behave_like_the_systemd_macros(built: Built, tmp_path: P
     cache.mkdir(parents=True)
     (root / "var/cache/postfix-rest-api-connector").symlink_to("private/" + cache.name)
     rpm_in(root, "--erase", PACKAGE)
-    assert systemctl_calls(root) == [f"--no-reload disable --now {UNIT}", "daemon-reload"]
+    assert systemctl_calls(root) == [
+        f"--no-reload disable --now {UNIT} {SOCKET_UNITS}",
+        "daemon-reload",
+    ]
     assert not cache.exists()
     assert not (root / "var/cache/postfix-rest-api-connector").is_symlink()
     assert sorted(p.name for p in config.parent.iterdir()) == [
@@ -850,10 +867,6 @@ def test_the_glibc_check_sees_a_newer_symbol(tmp_path: Path) -> None:
         timeout=RUN_TIMEOUT,
     )
     assert too_new_for_el9(library) == ["libc.so.6: GLIBC_2.36"]
-
-
-SOCKETS = sorted((PACKAGING / "sockets").glob("*.socket"))
-"""Example socket units, one per endpoint (the daemon's side of socket activation comes later)."""
 
 
 def test_example_socket_units_verify_and_name_endpoints_of_the_sample(tmp_path: Path) -> None:
