@@ -22,6 +22,7 @@ from .endpoint import Endpoint, listen_key
 
 if TYPE_CHECKING:
     from ..admin.server import AdminServer
+    from ..cache.shared import SharedTier
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Builder(Protocol):
     def served(self, config: Config) -> list[EndpointConfig]: ...
 
     def endpoint(self, config: EndpointConfig, whole: Config) -> Endpoint: ...
+
+    def shared_tier(self, config: Config) -> SharedTier | None: ...
 
     def admin_for(self, config: Config) -> AdminServer | None: ...
 
@@ -68,7 +71,8 @@ async def apply(current: Serving, new: Config, build: Builder) -> Serving:
         kept = {
             config.name: running[config.name]
             for config in served
-            if config.name in running and running[config.name].configured_as(config, new.user_agent)
+            if config.name in running
+            and running[config.name].configured_as(config, new.user_agent, build.shared_tier(new))
         }
         retiring = [e for e in current.endpoints if e.config.name not in kept]
         for index, config in enumerate(new.endpoints):
