@@ -146,7 +146,7 @@ class SharedTier:
             retry_on_timeout=False,
             health_check_interval=0,
         )
-        self._client = Redis(connection_pool=pool)
+        self._client = Redis.from_pool(pool)  # closing the client closes its connections
         self._unlock = self._client.register_script(_UNLOCK)
         self._invalidated: dict[str, Invalidated] = {}
         self._waiting: dict[bytes, list[asyncio.Future[Published]]] = {}
@@ -381,15 +381,14 @@ _FAILED: Any = object()
 
 def _error_kind(error: BaseException) -> str:
     """By kind only: a server's message may carry a key, and a URL a password."""
-    text = str(error)
-    if text.startswith("OOM"):
-        return "out-of-memory"
-    if text.startswith("READONLY"):
-        return "read-only"
-    from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
+    from redis import exceptions  # noqa: PLC0415 - only where the shared tier is configured
 
-    if isinstance(error, RedisConnectionError | OSError):
-        return "connection"
-    if type(error).__name__ == "TimeoutError":
+    if isinstance(error, exceptions.OutOfMemoryError):
+        return "out-of-memory"
+    if isinstance(error, exceptions.ReadOnlyError):
+        return "read-only"
+    if isinstance(error, exceptions.TimeoutError):
         return "timeout"
+    if isinstance(error, exceptions.ConnectionError | OSError):
+        return "connection"
     return "other"

@@ -1,0 +1,259 @@
+"""The shared tier against a real redis-server: the entry format, the lock, the channels, and
+every way the server can fail turned into "nothing here", within the tier's timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from postfix_rest_api_connector.cache.shared import (
+    SharedCacheSettings,
+    SharedEntry,
+    SharedTier,
+    decode_entry,
+    encode_entry,
+    redis_key,
+)
+from postfix_rest_api_connector.core.model import Found, NotFound, TemporaryError
+from redis_server import RedisServer, redis_server
+
+PREFIX = "test:"
+TIMEOUT = 0.05
+TARGET = "http://api/lookup"
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    async with redis_server() as server:
+        yield server
+
+
+async def open_tier(url: str) -> SharedTier:
+    tier = SharedTier(SharedCacheSettings(url=url, key_prefix=PREFIX, timeout=TIMEOUT))
+    tier.start()
+    return tier
+
+
+def entry(value: str | None = "v", ttl: float = 60.0) -> SharedEntry:
+    now = time.time()
+    outcome = Found(value) if value is not None else NotFound()
+    return SharedEntry(outcome, TARGET, now, now + ttl)
+
+
+# the entry format, pure
+
+
+def test_the_key_names_prefix_endpoint_map_and_key() -> None:
+    assert redis_key("p:", "maps", b"aliases", b"a b:c") == b"p:maps:aliases:a b:c"
+    assert redis_key("p:", "domains", None, b"example.com") == b"p:domains::example.com"
+
+
+@given(st.text(min_size=1), st.floats(0, 2e9), st.floats(0, 2e9))
+def test_entries_round_trip(value: str, fetched: float, fresh: float) -> None:
+    for outcome in (Found(value), NotFound()):
+        shared = SharedEntry(outcome, TARGET, fetched, fresh)
+        assert decode_entry(encode_entry(shared)) == shared
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"found"',
+        b'{"v":2,"t":"x","f":1,"u":2,"o":"not_found"}',
+        b'{"v":1,"t":"x","f":1,"u":2}',
+        b'{"v":1,"t":"x","f":"1","u":2,"o":"not_found"}',
+        b'{"v":1,"t":"x","f":1,"u":NaN,"o":"not_found"}',
+        b'{"v":1,"t":"x","f":1,"u":2,"o":"found"}',
+        b'{"v":1,"t":"x","f":1,"u":2,"o":"found","value":""}',
+        b'{"v":1,"t":"x","f":1,"u":2,"o":"found","value":["a"]}',
+        b'{"v":1,"t":"x","f":1,"u":2,"o":"maybe","value":"a"}',
+        b'{"v":1,"t":7,"f":1,"u":2,"o":"not_found"}',
+        b"[" * 100_000,
+        b"\xff\xfe",
+    ],
+)
+def test_anything_else_under_our_keys_is_no_entry(data: bytes) -> None:
+    assert decode_entry(data) is None
+
+
+# against the server
+
+
+async def test_an_entry_stored_is_found_by_another_process_view(redis: RedisServer) -> None:
+    writer, reader = await open_tier(redis.url), await open_tier(redis.unix_url)
+    try:
+        rkey = writer.key("e", None, b"k")
+        await writer.publish(rkey, entry("v"), 60.0, None)
+        found = await reader.get(rkey, TARGET)
+        other_target = await reader.get(rkey, "http://other/lookup")
+        ttl = int(await redis.cli("PTTL", rkey.decode()))
+    finally:
+        await writer.close()
+        await reader.close()
+
+    assert found is not None
+    assert found.outcome == Found("v")
+    assert other_target is None, "an entry of another target counts as none"
+    assert 59_000 < ttl <= 60_000, "Redis expiry does the deleting"
+    assert (reader.stats.hits, reader.stats.misses) == (1, 1)
+
+
+async def test_one_lock_holder_at_a_time_and_its_answer_reaches_the_waiter(
+    redis: RedisServer,
+) -> None:
+    first, second = await open_tier(redis.url), await open_tier(redis.url)
+    try:
+        rkey = first.key("e", None, b"k")
+        token = await first.lock(rkey, 5.0)
+        assert isinstance(token, str)
+        assert await second.lock(rkey, 5.0) is False
+        await asyncio.sleep(0.1)  # both subscriptions are up (nothing to await from outside)
+        waiting = asyncio.ensure_future(second.wait(rkey, 5.0))
+        await asyncio.sleep(0)
+        await first.publish(rkey, entry("answer"), 60.0, token)
+        published = await waiting
+        relocked = await second.lock(rkey, 5.0)
+    finally:
+        await first.close()
+        await second.close()
+
+    assert isinstance(published, SharedEntry)
+    assert published.outcome == Found("answer")
+    assert isinstance(relocked, str), "publishing dropped the lock"
+
+
+async def test_a_failure_is_told_to_the_waiters_and_not_stored(redis: RedisServer) -> None:
+    first, second = await open_tier(redis.url), await open_tier(redis.url)
+    try:
+        rkey = first.key("e", None, b"k")
+        token = await first.lock(rkey, 5.0)
+        assert isinstance(token, str)
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(second.wait(rkey, 5.0))
+        await asyncio.sleep(0)
+        await first.publish(rkey, TemporaryError("API answered HTTP 503"), 0.0, token)
+        published = await waiting
+        stored = await second.get(rkey, TARGET)
+    finally:
+        await first.close()
+        await second.close()
+
+    assert isinstance(published, TemporaryError)
+    assert stored is None
+
+
+async def test_an_expired_lock_can_be_taken_over(redis: RedisServer) -> None:
+    tier = await open_tier(redis.url)
+    try:
+        rkey = tier.key("e", None, b"k")
+        assert isinstance(await tier.lock(rkey, 0.05), str)
+        assert await tier.lock(rkey, 0.05) is False
+        await asyncio.sleep(0.1)
+        assert isinstance(await tier.lock(rkey, 0.05), str)
+    finally:
+        await tier.close()
+
+
+async def test_an_invalidation_reaches_the_registered_endpoint(redis: RedisServer) -> None:
+    tier = await open_tier(redis.url)
+    dropped: list[tuple[bytes | None, bytes]] = []
+    got_one = asyncio.Event()
+
+    def forget(map_name: bytes | None, key: bytes) -> None:
+        dropped.append((map_name, key))
+        got_one.set()
+
+    tier.on_invalidate("maps", forget)
+    try:
+        await asyncio.sleep(0.1)
+        # as the web application would: a plain client, the documented channel and key
+        await redis.cli("PUBLISH", f"{PREFIX}invalidate", f"{PREFIX}maps:aliases:a:b c")
+        await asyncio.wait_for(got_one.wait(), 5)
+    finally:
+        await tier.close()
+
+    assert dropped == [(b"aliases", b"a:b c")]
+    assert tier.stats.invalidations == 1
+
+
+async def test_garbage_under_our_key_is_ignored_and_counted(redis: RedisServer) -> None:
+    tier = await open_tier(redis.url)
+    try:
+        rkey = tier.key("e", None, b"k")
+        await redis.cli("SET", rkey.decode(), json.dumps({"v": 1, "o": "found"}))
+        assert await tier.get(rkey, TARGET) is None
+        assert tier.stats.available, "one bad entry is not a server problem"
+    finally:
+        await tier.close()
+    assert tier.stats.errors["garbage"] == 1
+
+
+async def test_a_server_that_is_gone_costs_one_timeout_then_nothing(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    tier = await open_tier(redis.url)
+    try:
+        rkey = tier.key("e", None, b"k")
+        redis.kill()
+        began = time.monotonic()
+        assert await tier.get(rkey, TARGET) is None
+        assert await tier.lock(rkey, 5.0) is True, "no lock to be had: fetch without one"
+        assert await tier.get(rkey, TARGET) is None
+        took = time.monotonic() - began
+        await redis.start()
+        async with asyncio.timeout(10):
+            while not tier.stats.available:
+                await asyncio.sleep(0.05)
+        await tier.publish(rkey, entry("v"), 60.0, None)
+        assert await tier.get(rkey, TARGET) is not None
+    finally:
+        await tier.close()
+
+    assert took < TIMEOUT + 0.5
+    assert tier.stats.errors["connection"] + tier.stats.errors["timeout"] == 1
+    changes = [r.getMessage() for r in caplog.records if "shared cache" in r.getMessage()]
+    assert len(changes) == 2, changes
+    assert "answering from the API" in changes[0]
+    assert "is back" in changes[1]
+
+
+async def test_a_paused_server_is_given_up_on_within_the_timeout(redis: RedisServer) -> None:
+    tier = await open_tier(redis.url)
+    try:
+        rkey = tier.key("e", None, b"k")
+        assert await tier.get(rkey, TARGET) is None  # connected
+        pause = asyncio.ensure_future(redis.cli("DEBUG", "SLEEP", "1"))
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        assert await tier.get(rkey, TARGET) is None
+        took = time.monotonic() - began
+        await pause
+    finally:
+        await tier.close()
+    assert took < TIMEOUT + 0.1
+    assert tier.stats.errors["timeout"] == 1
+
+
+async def test_a_full_server_fails_stores_but_not_the_answer(redis: RedisServer) -> None:
+    tier = await open_tier(redis.url)
+    try:
+        await redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await redis.cli("CONFIG", "SET", "maxmemory", "1")
+        rkey = tier.key("e", None, b"k")
+        await tier.publish(rkey, entry("v"), 60.0, None)
+        assert not tier.stats.available
+        assert await tier.get(rkey, TARGET) is None
+    finally:
+        await tier.close()
+    assert tier.stats.errors["out-of-memory"] == 1
