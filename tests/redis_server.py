@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,7 +32,7 @@ def _free_port() -> int:
 class RedisServer:
     directory: Path
     port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    process: asyncio.subprocess.Process | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -53,19 +52,18 @@ class RedisServer:
         if server is None:
             pytest.fail("redis-server is missing: scripts/test.sh installs Debian's redis-server")
         self.port = self.port or _free_port()
-        self.process = subprocess.Popen(
-            [
-                server,
-                *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--unixsocket", str(self.socket_path), "--unixsocketperm", "700"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
-                *("--enable-debug-command", "local"),
-                *options,
-            ],
-            stdout=subprocess.DEVNULL,
+        self.process = await asyncio.create_subprocess_exec(
+            server,
+            *("--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--unixsocket", str(self.socket_path), "--unixsocketperm", "700"),
+            *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            *("--enable-debug-command", "local"),
+            *options,
+            stdout=asyncio.subprocess.DEVNULL,
         )
         async with asyncio.timeout(DEADLINE):
-            while (await self.cli("PING")) != "PONG":
+            # redis-server says nothing when it is ready: asking it is the only way to know
+            while (await self.cli("PING")) != "PONG":  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
 
     async def cli(self, *arguments: str) -> str:
@@ -80,14 +78,15 @@ class RedisServer:
         out, _ = await asyncio.wait_for(process.communicate(), DEADLINE)
         return out.decode().strip() if process.returncode == 0 else ""
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         assert self.process is not None
-        self.process.kill()
-        self.process.wait(DEADLINE)
+        if self.process.returncode is None:
+            self.process.kill()
+            await asyncio.wait_for(self.process.wait(), DEADLINE)
         self.socket_path.unlink(missing_ok=True)
 
     async def restart(self) -> None:
-        self.kill()
+        await self.kill()
         await self.start()
 
 
@@ -100,5 +99,5 @@ async def redis_server() -> AsyncIterator[RedisServer]:
         try:
             yield server
         finally:
-            if server.process is not None and server.process.poll() is None:
-                server.kill()
+            if server.process is not None:
+                await server.kill()

@@ -231,6 +231,15 @@ class SharedTier:
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
+    def release_soon(self, rkey: bytes, lock: str | bool) -> None:
+        """Drop a lock taken but not needed (``lock``'s token, if it is one), in the background."""
+        if isinstance(lock, str):
+            task = asyncio.get_running_loop().create_task(
+                self._call_script(rkey + b"\x00lock", lock)
+            )
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
     async def wait(self, rkey: bytes, seconds: float) -> Published | None:
         """Another instance's answer for ``rkey``, if it comes within ``seconds``."""
         future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()

@@ -24,6 +24,7 @@ from ..config import (
     read_config_file,
 )
 from ..config.settings import shared_cache_settings
+from ..core.stats import SharedTierStats
 from . import reload as reloading
 from .endpoint import Endpoint
 from .notify import notify, reload_result
@@ -101,6 +102,10 @@ class Daemon:
         if tier is None:
             tier = self._tiers[settings] = SharedTier(settings)
         return tier
+
+    @property
+    def shared_tier_stats(self) -> list[SharedTierStats]:
+        return [tier.stats for tier in self._tiers.values()]
 
     async def _close_unused_tiers(self) -> None:
         used = {endpoint.shared_tier for endpoint in self.endpoints}
