@@ -21,7 +21,7 @@ import pytest
 DEADLINE = 10.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -51,7 +51,7 @@ class RedisServer:
         server = shutil.which("redis-server")
         if server is None:
             pytest.fail("redis-server is missing: scripts/test.sh installs Debian's redis-server")
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         self.process = await asyncio.create_subprocess_exec(
             server,
             *("--port", str(self.port), "--bind", "127.0.0.1"),
@@ -88,6 +88,11 @@ class RedisServer:
     async def restart(self) -> None:
         await self.kill()
         await self.start()
+
+    async def restart_with(self, *options: str) -> None:
+        """Restart with other options (later ones win over the defaults: ``--port 0``)."""
+        await self.kill()
+        await self.start(*options)
 
 
 @asynccontextmanager

@@ -8,11 +8,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import FakeApi, endpoint_config, write_config
 from postfix_rest_api_connector.cache.shared import (
     SharedCacheSettings,
     SharedEntry,
@@ -21,8 +24,11 @@ from postfix_rest_api_connector.cache.shared import (
     encode_entry,
     redis_key,
 )
+from postfix_rest_api_connector.config import parse_config
 from postfix_rest_api_connector.core.model import Found, NotFound, TemporaryError
-from redis_server import RedisServer, redis_server
+from postfix_rest_api_connector.runtime.daemon import Daemon
+from redis_server import RedisServer, free_port, redis_server
+from test_tls import _issue, _make_ca
 
 PREFIX = "test:"
 TIMEOUT = 0.05
@@ -258,3 +264,71 @@ async def test_a_full_server_fails_stores_but_not_the_answer(redis: RedisServer)
     finally:
         await tier.close()
     assert tier.stats.errors["out-of-memory"] == 1
+
+
+async def test_rediss_checks_the_server_against_the_system_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rediss://``: the server's certificate must chain to a CA the system trusts; here the
+    test's own CA is made the system's (``SSL_CERT_FILE``), then taken away again."""
+    ca = _make_ca(tmp_path)
+    server = _issue(tmp_path, "redis", "IP:127.0.0.1")
+    tls_port = free_port()
+    async with redis_server() as redis:
+        await redis.restart_with(
+            *("--port", "0", "--tls-port", str(tls_port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", str(server.cert), "--tls-key-file", str(server.key)),
+            *("--tls-ca-cert-file", str(ca)),
+        )
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        trusted = await open_tier(url)
+        try:
+            rkey = trusted.key("e", None, b"k")
+            await trusted.publish(rkey, entry("v"), 60.0, None)
+            found = await trusted.get(rkey, TARGET)
+        finally:
+            await trusted.close()
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-file"))
+        untrusted = await open_tier(url)
+        try:
+            refused = await untrusted.get(rkey, TARGET)
+        finally:
+            await untrusted.close()
+
+    assert found is not None
+    assert found.outcome == Found("v")
+    assert refused is None
+    assert not untrusted.stats.available
+
+
+async def test_a_reload_that_changes_the_section_moves_every_endpoint_to_a_new_tier(
+    redis: RedisServer, api: FakeApi, tmp_path: Path
+) -> None:
+    api.answer_json(["v"])
+    endpoint = endpoint_config("tcp-lookup", api.url, **{"cache-ttl": 60_000})
+    policy = endpoint_config("policy", api.url)
+
+    def document(prefix: str) -> dict[str, Any]:
+        shared = {"url": redis.unix_url, "key-prefix": prefix}
+        return {"shared-cache": shared, "endpoints": [endpoint, policy]}
+
+    path = write_config(tmp_path, document("one:"))
+    daemon = Daemon(parse_config(document("one:")), path)
+    await daemon.start()
+    try:
+        lookups, policies = daemon.endpoints
+        assert lookups.shared_tier is not None
+        assert policies.shared_tier is None, "policy answers are never cached, nor shared"
+        await daemon.reload()
+        assert daemon.endpoints[0] is lookups, "the same section: nothing changes"
+        write_config(tmp_path, document("two:"))
+        assert await daemon.reload()
+        moved = daemon.endpoints[0]
+    finally:
+        await daemon.stop()
+
+    assert moved is not lookups
+    assert moved.shared_tier is not None
+    assert moved.shared_tier.settings.key_prefix == "two:"
+    assert len(daemon.shared_tier_stats) == 1, "the old tier was closed"
