@@ -332,3 +332,30 @@ async def test_a_reload_that_changes_the_section_moves_every_endpoint_to_a_new_t
     assert moved.shared_tier is not None
     assert moved.shared_tier.settings.key_prefix == "two:"
     assert len(daemon.shared_tier_stats) == 1, "the old tier was closed"
+
+
+async def test_a_full_server_still_carries_the_answer_to_the_waiters(redis: RedisServer) -> None:
+    """The store fails, the message does not: a lookup waiting on another instance's lock gets
+    the answer instead of waiting until the lock expires."""
+    first, second = await open_tier(redis.url), await open_tier(redis.url)
+    try:
+        rkey = first.key("e", None, b"k")
+        token = await first.lock(rkey, 5.0)
+        assert isinstance(token, str)
+        await redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await redis.cli("CONFIG", "SET", "maxmemory", "1")
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(second.wait(rkey, 5.0))
+        await asyncio.sleep(0)
+        began = time.monotonic()
+        await first.publish(rkey, entry("answer"), 60.0, token)
+        published = await waiting
+        took = time.monotonic() - began
+    finally:
+        await first.close()
+        await second.close()
+
+    assert isinstance(published, SharedEntry)
+    assert published.outcome == Found("answer")
+    assert took < 1.0
+    assert first.stats.errors["out-of-memory"] >= 1

@@ -212,12 +212,18 @@ class SharedTier:
     async def publish(
         self, rkey: bytes, published: Published, keep_for: float, token: str | None
     ) -> None:
-        """Store an answer (for ``keep_for`` seconds, if any), tell the waiters, drop the lock."""
+        """Tell the waiters, store the answer (for ``keep_for`` seconds, if any), drop the lock.
+
+        Each step is tried even if one before failed (a full server refuses the store, not the
+        message): a lock left behind would hold the other instances' lookups of this key until
+        it expires. It runs in the background, so a failing server costs no lookup its time."""
+        message = _encode_published(rkey, published)
+        await self._call("publish", self.fetched_channel, message, anyway=True)
         if isinstance(published, SharedEntry) and keep_for > 0:
-            await self._call("set", rkey, encode_entry(published), px=max(int(keep_for * 1000), 1))
+            px = max(int(keep_for * 1000), 1)
+            await self._call("set", rkey, encode_entry(published), px=px, anyway=True)
         elif isinstance(published, SharedEntry):
-            await self._call("delete", rkey)  # no-store: nothing may stay
-        await self._call("publish", self.fetched_channel, _encode_published(rkey, published))
+            await self._call("delete", rkey, anyway=True)  # no-store: nothing may stay
         if token is not None:
             await self._call_script(rkey + b"\x00lock", token)
 
@@ -274,9 +280,12 @@ class SharedTier:
 
     # the server, behind deadlines
 
-    async def _call(self, command: str, *args: Any, **options: Any) -> Any:
-        """The command's reply, or ``_FAILED`` (counted, maybe logged) when there is none."""
-        if not self._available or self._closed:
+    async def _call(
+        self, command: str, *args: Any, anyway: bool = False, **options: Any
+    ) -> Any:
+        """The command's reply, or ``_FAILED`` (counted, maybe logged) when there is none;
+        while the server is out of the way, at once, unless ``anyway`` (in the background)."""
+        if (not self._available and not anyway) or self._closed:
             return _FAILED
         started = time.perf_counter()
         try:
@@ -291,7 +300,9 @@ class SharedTier:
         return _FAILED
 
     async def _call_script(self, lock_key: bytes, token: str) -> None:
-        if not self._available or self._closed:
+        """Drop the lock if it is still ours; tried even while the server is out of the way
+        (in the background: see ``publish``)."""
+        if self._closed:
             return
         try:
             async with asyncio.timeout(self._timeout):
