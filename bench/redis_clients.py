@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import uvloop
 
@@ -70,9 +69,7 @@ async def glide(port: int, seconds: float) -> tuple[int, float]:
         NodeAddress,
     )
 
-    client = await GlideClient.create(
-        GlideClientConfiguration([NodeAddress("127.0.0.1", port)])
-    )
+    client = await GlideClient.create(GlideClientConfiguration([NodeAddress("127.0.0.1", port)]))
     try:
         await client.get(KEY)
         return await _drive(lambda: client.get(KEY), seconds)
@@ -94,8 +91,19 @@ def main() -> int:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="redis-bench") as directory:
         process = subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--dir", directory],
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                directory,
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -116,8 +124,11 @@ def main() -> int:
                 for name, client in CLIENTS.items():
                     done, cpu = uvloop.run(client(port, args.seconds))
                     figures[name].append((cpu / done * 1e6, done / args.seconds))
-                    print(f"round {round_number + 1} {name}: {cpu / done * 1e6:.1f} us/hit,"
-                          f" {done / args.seconds:,.0f} hits/s", flush=True)
+                    print(
+                        f"round {round_number + 1} {name}: {cpu / done * 1e6:.1f} us/hit,"
+                        f" {done / args.seconds:,.0f} hits/s",
+                        flush=True,
+                    )
         finally:
             process.terminate()
             process.wait()

@@ -59,7 +59,7 @@ class SharedTierStats:
     misses: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     """By kind: ``timeout``, ``connection``, ``out-of-memory``, ``read-only``, ``garbage``,
-    ``other``."""
+    ``busy`` (every connection of the process in use), ``other``."""
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     lock_waits: int = 0
     """Lookups that waited for another instance's API call of the same key."""
