@@ -287,9 +287,7 @@ class SharedTier:
 
     # the server, behind deadlines
 
-    async def _call(
-        self, command: str, *args: Any, anyway: bool = False, **options: Any
-    ) -> Any:
+    async def _call(self, command: str, *args: Any, anyway: bool = False, **options: Any) -> Any:
         """The command's reply, or ``_FAILED`` (counted, maybe logged) when there is none;
         while the server is out of the way, at once, unless ``anyway`` (in the background)."""
         if (not self._available and not anyway) or self._closed:
