@@ -121,29 +121,30 @@ async def test_one_lock_holder_at_a_time_and_its_answer_reaches_the_waiter(
     first, second = await open_tier(redis.url), await open_tier(redis.url)
     try:
         rkey = first.key("e", None, b"k")
-        token = await first.lock(rkey, 5.0)
+        token = await first.lock(rkey, 5.0, TARGET)
         assert isinstance(token, str)
-        assert await second.lock(rkey, 5.0) is False
+        assert await second.lock(rkey, 5.0, TARGET) is False
         await asyncio.sleep(0.1)  # both subscriptions are up (nothing to await from outside)
         waiting = asyncio.ensure_future(second.wait(rkey, 5.0))
         await asyncio.sleep(0)
         await first.publish(rkey, entry("answer"), 60.0, token)
         published = await waiting
-        relocked = await second.lock(rkey, 5.0)
+        relocked = await second.lock(rkey, 5.0, TARGET)
     finally:
         await first.close()
         await second.close()
 
     assert isinstance(published, SharedEntry)
     assert published.outcome == Found("answer")
-    assert isinstance(relocked, str), "publishing dropped the lock"
+    assert isinstance(relocked, SharedEntry), "the lock step finds the answer stored meanwhile"
+    assert relocked.outcome == Found("answer")
 
 
 async def test_a_failure_is_told_to_the_waiters_and_not_stored(redis: RedisServer) -> None:
     first, second = await open_tier(redis.url), await open_tier(redis.url)
     try:
         rkey = first.key("e", None, b"k")
-        token = await first.lock(rkey, 5.0)
+        token = await first.lock(rkey, 5.0, TARGET)
         assert isinstance(token, str)
         await asyncio.sleep(0.1)
         waiting = asyncio.ensure_future(second.wait(rkey, 5.0))
@@ -151,22 +152,24 @@ async def test_a_failure_is_told_to_the_waiters_and_not_stored(redis: RedisServe
         await first.publish(rkey, TemporaryError("API answered HTTP 503"), 0.0, token)
         published = await waiting
         stored = await second.get(rkey, TARGET)
+        relocked = await second.lock(rkey, 5.0, TARGET)
     finally:
         await first.close()
         await second.close()
 
     assert isinstance(published, TemporaryError)
     assert stored is None
+    assert isinstance(relocked, str), "publishing dropped the lock"
 
 
 async def test_an_expired_lock_can_be_taken_over(redis: RedisServer) -> None:
     tier = await open_tier(redis.url)
     try:
         rkey = tier.key("e", None, b"k")
-        assert isinstance(await tier.lock(rkey, 0.05), str)
-        assert await tier.lock(rkey, 0.05) is False
+        assert isinstance(await tier.lock(rkey, 0.05, TARGET), str)
+        assert await tier.lock(rkey, 0.05, TARGET) is False
         await asyncio.sleep(0.1)
-        assert isinstance(await tier.lock(rkey, 0.05), str)
+        assert isinstance(await tier.lock(rkey, 0.05, TARGET), str)
     finally:
         await tier.close()
 
@@ -217,7 +220,7 @@ async def test_a_server_that_is_gone_costs_a_few_tries_then_nothing(
         for _ in range(FAILURES_IN_A_ROW):
             assert await tier.get(rkey, TARGET) is None
         assert not tier.stats.available, "out of the way after a few failures in a row"
-        assert await tier.lock(rkey, 5.0) is True, "no lock to be had: fetch without one"
+        assert await tier.lock(rkey, 5.0, TARGET) is True, "no lock to be had: fetch without one"
         assert await tier.get(rkey, TARGET) is None
         took = time.monotonic() - began
         await redis.start()
@@ -362,7 +365,7 @@ async def test_a_full_server_still_carries_the_answer_to_the_waiters(redis: Redi
     first, second = await open_tier(redis.url), await open_tier(redis.url)
     try:
         rkey = first.key("e", None, b"k")
-        token = await first.lock(rkey, 5.0)
+        token = await first.lock(rkey, 5.0, TARGET)
         assert isinstance(token, str)
         await redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
         await redis.cli("CONFIG", "SET", "maxmemory", "1")
@@ -381,3 +384,27 @@ async def test_a_full_server_still_carries_the_answer_to_the_waiters(redis: Redi
     assert published.outcome == Found("answer")
     assert took < 1.0
     assert first.stats.errors["out-of-memory"] >= 1
+
+
+async def test_the_lock_step_gives_a_fresh_entry_and_locks_past_a_stale_one(
+    redis: RedisServer,
+) -> None:
+    """Between a miss and the lock another instance may store the answer: one step tells."""
+    tier = await open_tier(redis.url)
+    try:
+        fresh, stale, junk = (tier.key("e", None, name) for name in (b"fresh", b"stale", b"junk"))
+        await tier.publish(fresh, entry("new"), 60.0, None)
+        await tier.publish(stale, entry("old", ttl=-1.0), 60.0, None)  # kept for stale use only
+        await redis.cli("SET", junk.decode(), "{not json")
+        got_fresh = await tier.lock(fresh, 5.0, TARGET)
+        got_stale = await tier.lock(stale, 5.0, TARGET)
+        got_junk = await tier.lock(junk, 5.0, TARGET)
+        other_target = await tier.lock(fresh, 5.0, "http://other/lookup")
+    finally:
+        await tier.close()
+
+    assert isinstance(got_fresh, SharedEntry)
+    assert got_fresh.outcome == Found("new")
+    assert isinstance(got_stale, str), "a stale entry is fetched again, under the lock"
+    assert isinstance(got_junk, str), "garbage counts as no entry: fetched under the lock"
+    assert other_target is True

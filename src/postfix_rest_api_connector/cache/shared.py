@@ -21,9 +21,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..core.model import Found, NotFound, TemporaryError
 from ..core.stats import SharedTierStats
@@ -40,6 +40,22 @@ MAX_CONNECTIONS = 128
 lookup that finds none free goes without the shared tier at once (``busy``) rather than wait
 in line: redis-py's blocking pool measured 1.6 times the CPU per operation under contention."""
 ENTRY_VERSION = 1
+
+_LOCK_UNLESS_FRESH = """
+local entry = redis.call('get', KEYS[1])
+if entry then
+  local ok, document = pcall(cjson.decode, entry)
+  if ok and type(document) == 'table' and tonumber(document['u'])
+      and tonumber(document['u']) > tonumber(ARGV[3]) then
+    return {1, entry}
+  end
+end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0}
+"""
+"""The key's fresh entry, or else its fetch lock, in one step: between a lookup's miss and its
+lock another instance may have stored the answer and dropped its lock (Lua's cjson reads the
+entry's ``fresh_until``; one that does not parse counts as none)."""
 
 _UNLOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -151,6 +167,7 @@ class SharedTier:
         )
         self._client = Redis.from_pool(pool)  # closing the client closes its connections
         self._unlock = self._client.register_script(_UNLOCK)
+        self._lock = self._client.register_script(_LOCK_UNLESS_FRESH)
         self._invalidated: dict[str, Invalidated] = {}
         self._waiting: dict[bytes, list[asyncio.Future[Published]]] = {}
         self._available = True
@@ -188,7 +205,7 @@ class SharedTier:
         return unregister
 
     async def get(self, rkey: bytes, target: str) -> SharedEntry | None:
-        data = await self._call("get", rkey)
+        data = await self._call(self._client.get, rkey)
         if not isinstance(data, bytes):
             if data is None and self._available:
                 self.stats.misses += 1
@@ -203,16 +220,27 @@ class SharedTier:
         self.stats.hits += 1
         return entry
 
-    async def lock(self, rkey: bytes, seconds: float) -> str | bool:
-        """A token if this instance now holds the key's fetch lock; ``False`` if another one
-        does; ``True`` if the tier cannot say (out of the way): fetch without a lock."""
+    async def lock(self, rkey: bytes, seconds: float, target: str) -> SharedEntry | str | bool:
+        """The fresh entry another instance stored meanwhile; else a token if this instance now
+        holds the key's fetch lock; ``False`` if another one does; ``True`` if the tier cannot
+        say (out of the way, or an entry it cannot use): fetch without a lock."""
         token = os.urandom(12).hex()
+        px = str(max(int(seconds * 1000), 1))
         reply = await self._call(
-            "set", rkey + b"\x00lock", token, nx=True, px=max(int(seconds * 1000), 1)
+            self._lock, keys=[rkey, rkey + b"\x00lock"], args=[token, px, repr(time.time())]
         )
-        if reply is _FAILED:
+        if reply is _FAILED or not isinstance(reply, list) or not reply:
             return True
-        return token if reply else False
+        if reply[0] == 2:
+            return token
+        if reply[0] == 1 and len(reply) == 2 and isinstance(reply[1], bytes):
+            entry = decode_entry(reply[1])
+            if entry is not None and entry.target == target:
+                self.stats.hits += 1
+                return entry
+            self._failed("garbage")
+            return True
+        return False
 
     async def publish(
         self, rkey: bytes, published: Published, keep_for: float, token: str | None
@@ -225,12 +253,12 @@ class SharedTier:
         server costs no lookup its time."""
         held = token is not None  # others may wait on this lock: they must hear, and it must go
         message = _encode_published(rkey, published)
-        await self._call("publish", self.fetched_channel, message, anyway=held)
+        await self._call(self._client.publish, self.fetched_channel, message, anyway=held)
         if isinstance(published, SharedEntry) and keep_for > 0:
             px = max(int(keep_for * 1000), 1)
-            await self._call("set", rkey, encode_entry(published), px=px, anyway=held)
+            await self._call(self._client.set, rkey, encode_entry(published), px=px, anyway=held)
         elif isinstance(published, SharedEntry):
-            await self._call("delete", rkey, anyway=held)  # no-store: nothing may stay
+            await self._call(self._client.delete, rkey, anyway=held)  # no-store: nothing may stay
         if token is not None:
             await self._call_script(rkey + b"\x00lock", token)
 
@@ -243,15 +271,6 @@ class SharedTier:
         )
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
-
-    def release_soon(self, rkey: bytes, lock: str | bool) -> None:
-        """Drop a lock taken but not needed (``lock``'s token, if it is one), in the background."""
-        if isinstance(lock, str):
-            task = asyncio.get_running_loop().create_task(
-                self._call_script(rkey + b"\x00lock", lock)
-            )
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
 
     async def wait(self, rkey: bytes, seconds: float) -> Published | None:
         """Another instance's answer for ``rkey``, if it comes within ``seconds``."""
@@ -269,8 +288,8 @@ class SharedTier:
 
     async def invalidate(self, rkey: bytes) -> bool:
         """Delete the entry and tell every instance (the ``purge`` command)."""
-        deleted = await self._call("delete", rkey)
-        published = await self._call("publish", self.invalidate_channel, rkey)
+        deleted = await self._call(self._client.delete, rkey)
+        published = await self._call(self._client.publish, self.invalidate_channel, rkey)
         return deleted is not _FAILED and published is not _FAILED
 
     async def close(self) -> None:
@@ -287,7 +306,13 @@ class SharedTier:
 
     # the server, behind deadlines
 
-    async def _call(self, command: str, *args: Any, anyway: bool = False, **options: Any) -> Any:
+    async def _call(
+        self,
+        operation: Callable[..., Awaitable[Any]],
+        *args: Any,
+        anyway: bool = False,
+        **options: Any,
+    ) -> Any:
         """The command's reply, or ``_FAILED`` (counted, maybe logged) when there is none;
         while the server is out of the way, at once, unless ``anyway`` (in the background)."""
         if (not self._available and not anyway) or self._closed:
@@ -295,7 +320,7 @@ class SharedTier:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                reply = await getattr(self._client, command)(*args, **options)
+                reply = await operation(*args, **options)
         except TimeoutError:
             self._failed("timeout")
         except Exception as error:  # noqa: BLE001 - every failure of the tier means "nothing"
@@ -370,7 +395,7 @@ class SharedTier:
                 log.debug("shared cache subscription lost: %s", _error_kind(error))
                 await asyncio.sleep(PROBE_INTERVAL)
             finally:
-                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                await asyncio.shield(cast(Any, pubsub).aclose())  # untyped in redis-py
 
     def _received(self, channel: bytes, data: Any) -> None:
         if not isinstance(data, bytes):

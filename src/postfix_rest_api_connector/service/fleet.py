@@ -51,16 +51,12 @@ class FleetLookups:
         deadline = time.monotonic() + self._timeout
         poll, waited = FIRST_POLL, False
         while True:
-            lock = await self._tier.lock(rkey, self._timeout)
+            lock = await self._tier.lock(rkey, self._timeout, self._target)
+            if isinstance(lock, SharedEntry):
+                return lock  # stored by the instance that fetched meanwhile
             if lock is not False:
                 if waited:
-                    # the lock is free again: the fetcher may have stored its answer meanwhile
-                    # (and its message was missed), or died, leaving the fetch to this one
-                    stored = await self._tier.get(rkey, self._target)
-                    if stored is not None and stored.fresh_until > time.time():
-                        self._tier.release_soon(rkey, lock)
-                        return stored
-                    self._tier.stats.takeovers += 1
+                    self._tier.stats.takeovers += 1  # the fetcher died: its lock expired
                 return await self._ask_and_publish(rkey, from_api, ttl_of, lock)
             if not waited:
                 self._tier.stats.lock_waits += 1
