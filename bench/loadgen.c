@@ -7,6 +7,12 @@
  *           [--warmup S] [--duration S] [--keys K]      (K = 0: every key unique)
  *           [--path /lookup/30]                          (http: GET PATH?key=K, to measure the
  *                                                         API alone: answers must be chunked)
+ *           [--zipf S]                                   (with --keys K: key i drawn with weight
+ *                                                         1/(i+1)^S, as hot keys are; the keys
+ *                                                         used while measuring are counted)
+ *           [--think-ms T]                               (each connection waits T ms after a
+ *                                                         reply before its next request: a
+ *                                                         paced load instead of a closed loop)
  *           [--reconnect]                                (a connection the server closes after a
  *                                                         reply is opened again and the request
  *                                                         resent, as Postfix does; counted)
@@ -19,6 +25,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -41,6 +48,7 @@ struct conn {
     int fd;
     int inbuf;
     int reqlen;
+    uint64_t due; /* with --think-ms: when the next request goes out; 0 once it has */
     uint64_t sent_at;
     uint64_t seq;
     char buf[BUF];
@@ -51,6 +59,10 @@ static enum mode mode;
 static const char *http_path = "/";
 static long hist[BUCKETS];
 static long measured, errors, overflow, reconnects;
+static double *zipf_cdf; /* with --zipf: cumulative weights of the keys, the last 1.0 */
+static unsigned char *used; /* with --keys: which keys were asked while measuring */
+static long distinct;
+static int measuring;
 static uint64_t max_ns;
 
 static uint64_t now_ns(void) {
@@ -104,11 +116,23 @@ static int reply_ok(const char *buf, int len) {
     return len > 7 && !memcmp(buf, "action=", 7) && memcmp(buf, "action=DEFER_IF_PERMIT", 22);
 }
 
+static long zipf_draw(long keys, unsigned *rng) {
+    double u = (double)rand_r(rng) / ((double)RAND_MAX + 1.0);
+    long low = 0, high = keys - 1;
+    while (low < high) {
+        long mid = (low + high) / 2;
+        if (zipf_cdf[mid] <= u) low = mid + 1; else high = mid;
+    }
+    return low;
+}
+
 static int format_request(char *out, int conn_index, uint64_t seq, long keys, unsigned *rng) {
     char key[96];
-    if (keys > 0)
-        snprintf(key, sizeof key, "hot%ld@example.com", (long)(rand_r(rng) % keys));
-    else
+    if (keys > 0) {
+        long k = zipf_cdf ? zipf_draw(keys, rng) : (long)(rand_r(rng) % keys);
+        if (measuring && !used[k]) { used[k] = 1; distinct++; }
+        snprintf(key, sizeof key, "hot%ld@example.com", k);
+    } else
         snprintf(key, sizeof key, "u%d-%lu@example.com", conn_index, (unsigned long)seq);
     if (mode == TCP) return sprintf(out, "get %s\n", key);
     if (mode == HTTP)
@@ -202,7 +226,7 @@ static void stub(int port) {
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
     int port = 0, conns = 100, is_stub = 0, reconnect = 0;
-    double warmup = 2, duration = 10;
+    double warmup = 2, duration = 10, zipf = 0, think_ms = 0;
     long keys = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--stub")) { is_stub = 1; continue; }
@@ -217,6 +241,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i - 1], "--duration")) duration = atof(v);
         else if (!strcmp(argv[i - 1], "--keys")) keys = atol(v);
         else if (!strcmp(argv[i - 1], "--path")) http_path = v;
+        else if (!strcmp(argv[i - 1], "--zipf")) zipf = atof(v);
+        else if (!strcmp(argv[i - 1], "--think-ms")) think_ms = atof(v);
         else { fprintf(stderr, "unknown option %s\n", argv[i - 1]); return 2; }
     }
     signal(SIGPIPE, SIG_IGN);
@@ -230,7 +256,21 @@ int main(int argc, char **argv) {
     int ep = epoll_create1(0);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &addr.sin_addr);
-    unsigned rng = 12345;
+    unsigned rng = (unsigned)getpid();
+    if (keys > 0) {
+        used = calloc((size_t)keys, 1);
+        if (zipf > 0) {
+            zipf_cdf = malloc((size_t)keys * sizeof *zipf_cdf);
+            double total = 0;
+            for (long k = 0; k < keys; k++) total += 1.0 / pow((double)(k + 1), zipf);
+            double sum = 0;
+            for (long k = 0; k < keys; k++) {
+                sum += 1.0 / pow((double)(k + 1), zipf) / total;
+                zipf_cdf[k] = sum;
+            }
+            zipf_cdf[keys - 1] = 1.0;
+        }
+    }
     for (int i = 0; i < conns; i++) open_conn(ep, &addr, cs, i);
     uint64_t start = now_ns();
     uint64_t measure_from = start + (uint64_t)(warmup * 1e9);
@@ -243,8 +283,19 @@ int main(int argc, char **argv) {
     struct epoll_event events[1024];
     uint64_t now = start;
     while (now < stop_at) {
-        int n = epoll_wait(ep, events, 1024, 100);
+        int n = epoll_wait(ep, events, 1024, think_ms > 0 ? 1 : 100);
         now = now_ns();
+        measuring = now >= measure_from;
+        if (think_ms > 0) {
+            for (int i = 0; i < conns; i++) {
+                if (cs[i].due && cs[i].due <= now) {
+                    cs[i].due = 0;
+                    cs[i].reqlen = format_request(cs[i].req, i, cs[i].seq++, keys, &rng);
+                    cs[i].sent_at = now;
+                    send_all(cs[i].fd, cs[i].req, cs[i].reqlen);
+                }
+            }
+        }
         for (int e = 0; e < n; e++) {
             struct conn *c = &cs[events[e].data.u32];
             ssize_t r = read(c->fd, c->buf + c->inbuf, BUF - c->inbuf);
@@ -275,16 +326,21 @@ int main(int argc, char **argv) {
             }
             memmove(c->buf, c->buf + len, c->inbuf - len);
             c->inbuf -= len;
+            if (think_ms > 0) {
+                c->due = now + (uint64_t)(think_ms * 1e6);
+                continue;
+            }
             c->reqlen = format_request(c->req, (int)events[e].data.u32, c->seq++, keys, &rng);
             c->sent_at = now_ns();
             send_all(c->fd, c->req, c->reqlen);
         }
     }
     printf("{\"requests\": %ld, \"req_per_s\": %.1f, \"errors\": %ld, \"over_10s\": %ld, "
-           "\"reconnects\": %ld, "
+           "\"reconnects\": %ld, \"distinct_keys\": %ld, "
            "\"p50_ms\": %.2f, \"p90_ms\": %.2f, \"p99_ms\": %.2f, \"p999_ms\": %.2f, "
            "\"max_ms\": %.2f}\n",
-           measured, (double)measured / duration, errors, overflow, reconnects, percentile(0.5),
+           measured, (double)measured / duration, errors, overflow, reconnects, distinct,
+           percentile(0.5),
            percentile(0.9), percentile(0.99), percentile(0.999), (double)max_ns / 1e6);
     return 0;
 }

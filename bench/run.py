@@ -262,6 +262,7 @@ def run_loadgen(
     duration: float,
     keys: int,
     path: str = "/",
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -270,6 +271,7 @@ def run_loadgen(
             *("--warmup", str(warmup), "--duration", str(duration), "--keys", str(keys)),
             *("--path", path),
             "--reconnect",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -11,15 +11,9 @@ set -euo pipefail
 cd "$ROOT"
 VENV=$ROOT/.venv-compiled
 ensure_compiled_venv "$VENV"
-if ! command -v nginx >/dev/null 2>&1 || [ ! -f /usr/lib/nginx/modules/ngx_http_echo_module.so ]; then
-    # policy-rc.d: install nginx without starting Debian's own nginx service on port 80
-    had_policy=$([ -e /usr/sbin/policy-rc.d ] && echo yes || echo no)
-    [ "$had_policy" = yes ] || as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
-    apt_install nginx-light libnginx-mod-http-echo
-    [ "$had_policy" = yes ] || as_root rm -f /usr/sbin/policy-rc.d
-fi
+ensure_nginx
 command -v gcc >/dev/null 2>&1 || apt_install gcc libc6-dev
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
-gcc -O2 -Wall -Wextra -o "$build/loadgen" bench/loadgen.c
+gcc -O2 -Wall -Wextra -o "$build/loadgen" bench/loadgen.c -lm
 "$VENV/bin/python" bench/run.py --loadgen "$build/loadgen" "$@"

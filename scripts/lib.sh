@@ -96,14 +96,38 @@ ensure_packaging_tools() {
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
     if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-        local policy=/usr/sbin/policy-rc.d
-        as_root sh -c "[ ! -e $policy ] || mv $policy $policy.pfx-saved
-            printf '#!/bin/sh\nexit 101\n' >$policy && chmod 0755 $policy"
-        apt_install prometheus || true
-        as_root sh -c "rm -f $policy; [ ! -e $policy.pfx-saved ] || mv $policy.pfx-saved $policy"
-        command -v promtool >/dev/null 2>&1 || { echo "installing prometheus failed" >&2; return 1; }
-        if [ -d /run/systemd/system ]; then
-            as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-        fi
+        install_without_starting prometheus.service promtool prometheus
+    fi
+}
+
+# install_without_starting UNIT COMMAND PACKAGE...: Debian packages whose service must not run
+# (the tests start their own servers, on ports of their own): a policy-rc.d that refuses every
+# start is in place during the install (any other one is set aside meanwhile), and on a machine
+# run by systemd the unit is disabled and stopped afterwards. Fails unless COMMAND is there then.
+install_without_starting() {
+    local unit=$1 command=$2 policy=/usr/sbin/policy-rc.d
+    shift 2
+    as_root sh -c "[ ! -e $policy ] || mv $policy $policy.pfx-saved
+        printf '#!/bin/sh\nexit 101\n' >$policy && chmod 0755 $policy"
+    apt_install "$@" || true
+    as_root sh -c "rm -f $policy; [ ! -e $policy.pfx-saved ] || mv $policy.pfx-saved $policy"
+    command -v "$command" >/dev/null 2>&1 || { echo "installing $* failed" >&2; return 1; }
+    if [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+}
+
+# ensure_redis: Debian's redis-server and redis-cli, for the shared cache tier's tests.
+ensure_redis() {
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        install_without_starting redis-server.service redis-server redis-server
+    fi
+}
+
+# ensure_nginx: Debian's nginx with the echo module, the benchmarks' API (bench/). policy-rc.d
+# keeps Debian's own nginx service from starting on port 80.
+ensure_nginx() {
+    if ! command -v nginx >/dev/null 2>&1 || [ ! -f /usr/lib/nginx/modules/ngx_http_echo_module.so ]; then
+        install_without_starting nginx.service nginx nginx-light libnginx-mod-http-echo
     fi
 }

@@ -1,5 +1,6 @@
 """Command line: ``postfix-rest-api-connector CONFIG`` as the predecessors, or ``--demo``,
-or one of the administrator's commands ``check-config CONFIG`` and ``query CONFIG ENDPOINT KEY``."""
+or one of the administrator's commands ``check-config CONFIG``, ``query CONFIG ENDPOINT KEY`` and
+``purge CONFIG ENDPOINT KEY``."""
 
 from __future__ import annotations
 
@@ -156,6 +157,15 @@ def _command_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="sasl: the password, the file's first line ('-' reads it from stdin)",
     )
+    purge = sub.add_parser(
+        "purge",
+        parents=[common],
+        help="drop one key from the shared cache and from every instance's in-process cache",
+    )
+    purge.add_argument("config")
+    purge.add_argument("endpoint", help="the endpoint's name")
+    purge.add_argument("key", help="the lookup key, as Postfix sends it")
+    purge.add_argument("--map", help="socketmap: the map name")
     return parser
 
 
@@ -178,6 +188,9 @@ def _run_command(argv: list[str]) -> int:
         return EX_CONFIG
     if args.command == "check-config":
         return commands.check_config(config, args.config)
+    if args.command == "purge":
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(commands.purge(config, args.endpoint, args.key, args.map))
     try:
         password = _read_password(args.password_file)
     except (OSError, UnicodeDecodeError) as error:
@@ -187,7 +200,7 @@ def _run_command(argv: list[str]) -> int:
         return runner.run(commands.query(config, args.endpoint, args.key, args.map, password))
 
 
-COMMANDS = frozenset({"check-config", "query"})
+COMMANDS = frozenset({"check-config", "query", "purge"})
 
 
 def main(argv: list[str] | None = None) -> int:

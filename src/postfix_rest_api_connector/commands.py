@@ -1,4 +1,4 @@
-"""The administrator's one-shot commands: ``check-config`` and ``query``."""
+"""The administrator's one-shot commands: ``check-config``, ``query`` and ``purge``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 
 from .backend import RestBackend
 from .cache import open_cache
+from .cache.shared import SharedTier
 from .config import Config, EndpointConfig
 from .config.settings import (
     backend_settings,
@@ -13,6 +14,8 @@ from .config.settings import (
     decoder_limits,
     reply_options,
     service_settings,
+    shared_cache_settings,
+    uses_shared_cache,
 )
 from .core.model import (
     Found,
@@ -55,6 +58,14 @@ def check_config(config: Config, path: str) -> int:
             f"  {endpoint.name}: {endpoint.mode} on {endpoint.listen_description} -> "
             f"{endpoint.target_for_logs} (token: {_token_source(endpoint)},"
             f" timeout {endpoint.request_timeout} ms{_login_summary(endpoint)})"
+        )
+    shared = config.shared_cache
+    if shared is not None:
+        users = [e.name for e in config.endpoints if uses_shared_cache(e)]
+        password = "file" if shared.password_file else "env" if shared.password_env else "none"
+        print(
+            f"  shared cache: {shared.url} (key-prefix {shared.key_prefix!r}, timeout"
+            f" {shared.timeout} ms, password: {password}) for {', '.join(users) or 'no endpoint'}"
         )
     return 0
 
@@ -163,3 +174,29 @@ def _login_request(
     request = decoded[-1]
     assert isinstance(request, LoginRequest | Malformed)
     return request
+
+
+async def purge(config: Config, endpoint_name: str, key: str, map_name: str | None) -> int:
+    """Delete the key's shared entry and tell every instance to drop it from its in-process
+    tier: after this, the next lookup of it asks the API (exit 0; 75 if the shared tier could
+    not be reached; 2 if the config has none or the endpoint keeps nothing)."""
+    endpoint = next((e for e in config.endpoints if e.name == endpoint_name), None)
+    if endpoint is None or config.shared_cache is None or not uses_shared_cache(endpoint):
+        print(
+            f"no lookup endpoint named {endpoint_name!r} that uses a shared-cache",
+            file=sys.stderr,
+        )
+        return 2
+    if endpoint.mode_spec.names_maps and not map_name:
+        print(f"a {endpoint.mode} endpoint needs --map NAME", file=sys.stderr)
+        return 2
+    tier = SharedTier(shared_cache_settings(config.shared_cache))
+    try:
+        rkey = tier.key(endpoint.name, map_name.encode() if map_name else None, key.encode())
+        done = await tier.invalidate(rkey)
+    finally:
+        await tier.close()
+    if not done:
+        print("the shared cache could not be reached", file=sys.stderr)
+        return EX_TEMPFAIL
+    return 0

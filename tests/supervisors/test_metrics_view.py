@@ -13,9 +13,10 @@ from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from test_workers import reserved_ports, start, two_workers, worker_pids
+from test_workers import start, two_workers, worker_pids
 
 from conftest import DEADLINE, Connector, FakeApi, Spawn, endpoint_config, write_config
+from ports import reserved_ports
 from postfix_rest_api_connector import __version__
 from postfix_rest_api_connector.admin.view import PEER_DEADLINE
 

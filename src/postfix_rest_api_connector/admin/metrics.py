@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..core.model import Found, NotFound, PermanentError, TemporaryError, Timeout
-from ..core.stats import LATENCY_BUCKETS
+from ..core.stats import LATENCY_BUCKETS, LatencyHistogram, SharedTierStats
 from ..runtime.endpoint import Endpoint
 from ..service.resilience import BreakerState
 
@@ -68,6 +68,11 @@ class Observed(Protocol):
     @property
     def reloads(self) -> Counter[str]: ...
 
+    @property
+    def shared_tier_stats(self) -> Sequence[SharedTierStats]:
+        """The shared cache tier's figures; empty without ``shared-cache``."""
+        ...
+
 
 class ConnectorCollector(Collector):
     """Every endpoint's counters as Prometheus metric families, read at scrape time."""
@@ -89,6 +94,9 @@ class ConnectorCollector(Collector):
         for result in ("ok", "failed"):
             reloads.add_metric([result], self._daemon.reloads[result])
         yield reloads
+        tiers = self._daemon.shared_tier_stats
+        if tiers:
+            yield from _shared_tier(tiers)
 
     @staticmethod
     def _requests(endpoints: list[Endpoint]) -> Iterator[Metric]:
@@ -130,12 +138,7 @@ class ConnectorCollector(Collector):
                 responses.add_metric([name, str(status)], count)
             for kind, count in sorted(stats.errors.items()):
                 errors.add_metric([name, kind], count)
-            cumulative, buckets = 0, []
-            bounds = (*LATENCY_BUCKETS, float("inf"))
-            for bound, count in zip(bounds, stats.latency.counts, strict=True):
-                cumulative += count
-                buckets.append((_le(bound), cumulative))
-            latency.add_metric([name], buckets, stats.latency.total)
+            latency.add_metric([name], _buckets(stats.latency), stats.latency.total)
         yield from (responses, errors, latency)
 
     @staticmethod
@@ -173,6 +176,55 @@ class ConnectorCollector(Collector):
                 breaker.add_metric([name, state.value], float(state.value == service.breaker_state))
         yield from families.values()
         yield from (in_flight, entries, breaker)
+
+
+def _shared_tier(tiers: Sequence[SharedTierStats]) -> Iterator[Metric]:
+    """The process's shared cache tier (``shared-cache``): one set, all endpoints together."""
+    counters = {
+        "hits": "Lookups answered from the shared cache tier",
+        "misses": "Lookups the shared cache tier did not have",
+        "lock_waits": "Lookups that waited for another instance's API call of the same key",
+        "takeovers": "Waiters that asked the API once the fetching instance's lock expired",
+        "invalidations": "Invalidations received (purge, or the web application's own)",
+    }
+    for field, text in counters.items():
+        family = CounterMetricFamily(f"{PREFIX}_shared_cache_{field}", text)
+        family.add_metric([], sum(getattr(stats, field) for stats in tiers))
+        yield family
+    errors = CounterMetricFamily(
+        f"{PREFIX}_shared_cache_errors",
+        "Shared cache operations without an answer, by kind",
+        labels=["kind"],
+    )
+    kinds: Counter[str] = Counter()
+    for stats in tiers:
+        kinds.update(stats.errors)
+    for kind, count in sorted(kinds.items()):
+        errors.add_metric([kind], count)
+    yield errors
+    latency = HistogramMetricFamily(
+        f"{PREFIX}_shared_cache_duration_seconds", "Time of one shared cache operation"
+    )
+    merged = LatencyHistogram()
+    for stats in tiers:
+        merged.counts = [a + b for a, b in zip(merged.counts, stats.latency.counts, strict=True)]
+        merged.total += stats.latency.total
+    latency.add_metric([], _buckets(merged), merged.total)
+    yield latency
+    up = GaugeMetricFamily(
+        f"{PREFIX}_shared_cache_up",
+        "1 while the shared cache tier is in use, 0 while it is out of the way",
+    )
+    up.add_metric([], float(all(stats.available for stats in tiers)))
+    yield up
+
+
+def _buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
+    cumulative, buckets = 0, []
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), histogram.counts, strict=True):
+        cumulative += count
+        buckets.append((_le(bound), float(cumulative)))
+    return buckets
 
 
 def _le(bound: float) -> str:

@@ -17,6 +17,7 @@ from .schema import (
     Config,
     EndpointConfig,
     MetricsConfig,
+    SharedCacheConfig,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError",
     "EndpointConfig",
     "MetricsConfig",
+    "SharedCacheConfig",
     "config_digest",
     "config_from_bytes",
     "load_config",

@@ -8,7 +8,7 @@ from typing import Literal
 
 from ..httpclient import headers
 from ..protocols.modes import MODE_KEYS, MODES, Call, modes_accepting
-from .schema import Config, EndpointConfig
+from .schema import Config, EndpointConfig, SharedCacheConfig
 
 
 def _token_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
@@ -80,6 +80,28 @@ def cross_checks(config: Config) -> Iterator[str]:
             yield f"{where}.bind-port: {endpoint.listen_description} is the metrics listener's"
         yield from _token_problems(endpoint, where)
         yield from _mode_problems(endpoint, where)
+        if config.shared_cache is not None and ":" in endpoint.name:
+            yield f"{where}.name: must not contain ':' with shared-cache (it is part of the keys)"
+    if config.shared_cache is not None:
+        yield from _shared_cache_problems(config.shared_cache)
+
+
+def _shared_cache_problems(shared: SharedCacheConfig) -> Iterator[str]:
+    """One password source at most, and it must yield one now."""
+    if shared.password_file is not None and shared.password_env is not None:
+        yield "shared-cache.password-env: give only one of password-file, password-env"
+        return
+    if shared.password_env is not None and shared.password_env not in os.environ:
+        yield f"shared-cache.password-env: environment variable {shared.password_env} is not set"
+        return
+    try:
+        password = shared.password()
+    except (OSError, UnicodeDecodeError) as error:
+        yield f"shared-cache.password-file: cannot read: {error.__class__.__name__}"
+        return
+    if password is not None and not _printable_ascii(password):
+        source = "password-file" if shared.password_file is not None else "password-env"
+        yield f"shared-cache.{source}: must be one line of printable ASCII, not empty"
 
 
 def _mode_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:

@@ -230,6 +230,53 @@ class MetricsConfig(BaseModel):
     bind_port: int = Field(alias="bind-port", ge=0, le=65535)
 
 
+def _check_redis_url(url: str) -> str:
+    """``redis://``, ``rediss://`` (TLS, the system CAs) or ``unix:///path``; never a password
+    in the URL, where every log of the URL would show it."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:/// URL")
+    if parts.password is not None:
+        raise ValueError("must not hold a password: give password-file or password-env")
+    if parts.scheme == "unix" and not parts.path.startswith("/"):
+        raise ValueError("unix:/// needs an absolute socket path")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("needs a host")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as error:
+        raise ValueError(f"is not a valid URL: {error}") from None
+    return url
+
+
+class SharedCacheConfig(BaseModel):
+    """The optional shared tier of every lookup endpoint's cache, on Redis or Valkey."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    url: Annotated[str, AfterValidator(_check_redis_url)]
+    key_prefix: str = Field(
+        "postfix-rest-api-connector:", alias="key-prefix", max_length=100, pattern=r"^[!-~]*$"
+    )
+    timeout: Milliseconds = Field(50, ge=1, le=5000)
+    username: str | None = Field(None, min_length=1, pattern=r"^[!-~]+$")
+    password_file: FilePath | None = Field(None, alias="password-file")
+    password_env: str | None = Field(None, alias="password-env", min_length=1)
+
+    @field_validator("password_file", mode="before")
+    @classmethod
+    def _path_from_string(cls, value: object) -> object:
+        return Path(value) if isinstance(value, str) else value
+
+    def password(self) -> str | None:
+        """From the file or the environment (checked at load)."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        if self.password_env is not None:
+            return os.environ[self.password_env]
+        return None
+
+
 class Config(BaseModel):
     """The whole file."""
 
@@ -240,6 +287,7 @@ class Config(BaseModel):
     )
     shutdown_timeout: Milliseconds = Field(10_000, alias="shutdown-timeout", ge=0, le=600_000)
     metrics: MetricsConfig | None = None
+    shared_cache: SharedCacheConfig | None = Field(None, alias="shared-cache")
     workers: int | None = Field(None, ge=1, le=256)
     """Processes; ``None`` (the default) is one per CPU this process may run on."""
     endpoints: tuple[EndpointConfig, ...]

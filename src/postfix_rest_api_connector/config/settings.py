@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from ..backend import BackendSettings
 from ..cache import CacheSettings, cache_scope
+from ..cache.shared import SharedCacheSettings
 from ..connection import Limits
 from ..httpclient import ClientSettings, Headers, StaticCredentials, Target
 from ..protocols import DecoderLimits
 from ..protocols.modes import Call, ReplyOptions
 from ..service import RetryPolicy, ServiceSettings
-from .schema import EndpointConfig
+from .schema import EndpointConfig, SharedCacheConfig
 
 
 class UnreadableFile(Exception):
@@ -86,3 +87,22 @@ def decoder_limits(config: EndpointConfig) -> DecoderLimits:
 
 def reply_options(config: EndpointConfig) -> ReplyOptions:
     return ReplyOptions(failure_action=config.failure_action)
+
+
+def shared_cache_settings(config: SharedCacheConfig) -> SharedCacheSettings:
+    """The password read now, the timeout in seconds."""
+    return SharedCacheSettings(
+        url=config.url,
+        key_prefix=config.key_prefix,
+        timeout=config.timeout / 1000,
+        username=config.username,
+        password=config.password(),
+    )
+
+
+def uses_shared_cache(config: EndpointConfig) -> bool:
+    """Lookups that cache anything go through the shared tier when there is one; the others
+    (no TTL, no stale-if-error) keep nothing anywhere, as without it."""
+    return config.mode_spec.call is Call.LOOKUP and bool(
+        config.cache_ttl or config.negative_cache_ttl or config.stale_if_error
+    )

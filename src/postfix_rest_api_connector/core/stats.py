@@ -49,3 +49,22 @@ class ServiceStats:
     breaker_rejections: int = 0
     in_flight: int = 0
     """Requests waiting for the API (or for another request's shared API call) right now."""
+
+
+@dataclass(slots=True)
+class SharedTierStats:
+    """One process's use of the shared cache tier (Redis or Valkey), all endpoints together."""
+
+    hits: int = 0
+    misses: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    """By kind: ``timeout``, ``connection``, ``out-of-memory``, ``read-only``, ``garbage``,
+    ``busy`` (every connection of the process in use), ``other``."""
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    lock_waits: int = 0
+    """Lookups that waited for another instance's API call of the same key."""
+    takeovers: int = 0
+    """Waiters that fetched themselves once the fetcher's lock had expired."""
+    invalidations: int = 0
+    """Invalidation messages received (``purge``, or the web application's own)."""
+    available: bool = True

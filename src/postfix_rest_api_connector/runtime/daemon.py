@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cache.shared import SharedCacheSettings, SharedTier
 from ..config import (
     Config,
     ConfigError,
@@ -23,6 +24,8 @@ from ..config import (
     config_from_bytes,
     read_config_file,
 )
+from ..config.settings import shared_cache_settings
+from ..core.stats import SharedTierStats
 from . import listeners
 from . import reload as reloading
 from .endpoint import Endpoint
@@ -70,6 +73,8 @@ class Daemon:
         self._worker = worker or Worker(0, 1)
         self._systemd = systemd or SystemdSockets()
         """The sockets systemd passed, by endpoint name; held (not owned) until exit."""
+        self._tiers: dict[SharedCacheSettings, SharedTier] = {}
+        """The shared cache tier of the running config, and of a reload under way."""
         self.endpoints = [self.endpoint(endpoint, config) for endpoint in self.served(config)]
         self._view: Alone | None = None
         """What the admin listeners show; made with the first, kept while the daemon runs."""
@@ -98,7 +103,33 @@ class Daemon:
         return self._systemd.for_endpoint(config.name)
 
     def endpoint(self, config: EndpointConfig, whole: Config) -> Endpoint:
-        return Endpoint(config, whole.user_agent, shared_port=self._worker.count > 1)
+        return Endpoint(
+            config,
+            whole.user_agent,
+            shared_port=self._worker.count > 1,
+            shared_tier=self.shared_tier(whole),
+        )
+
+    def shared_tier(self, config: Config) -> SharedTier | None:
+        """One per process and per ``shared-cache`` settings (the password re-read)."""
+        if config.shared_cache is None:
+            return None
+        settings = shared_cache_settings(config.shared_cache)
+        tier = self._tiers.get(settings)
+        if tier is None:
+            tier = self._tiers[settings] = SharedTier(settings)
+        return tier
+
+    @property
+    def shared_tier_stats(self) -> list[SharedTierStats]:
+        return [tier.stats for tier in self._tiers.values()]
+
+    async def _close_unused_tiers(self) -> None:
+        used = {endpoint.shared_tier for endpoint in self.endpoints}
+        for settings, tier in list(self._tiers.items()):
+            if tier not in used:
+                del self._tiers[settings]
+                await tier.close()
 
     def admin_for(self, config: Config) -> AdminServer | None:
         """Every worker listens on the configured port; each shows all workers' figures."""
@@ -125,6 +156,8 @@ class Daemon:
         return not self._stopping and all(endpoint.is_serving for endpoint in self.endpoints)
 
     async def start(self) -> None:
+        for tier in self._tiers.values():
+            tier.start()
         for index, endpoint in enumerate(self.endpoints):
             passed = self.systemd_sockets(endpoint.config)
             try:
@@ -240,14 +273,22 @@ class Daemon:
             serving = await reloading.apply(current, new, self)
         except reloading.AdminFallback as failed:
             self.admin = failed.admin
-            return False
+            serving = None
         except reloading.ReloadFailed:
-            return False
+            serving = None
         except Exception:
             log.exception("reload: unexpected error before any change; nothing changed")
-            return False
-        self.config, self.endpoints, self.admin = serving.config, serving.endpoints, serving.admin
-        return True
+            serving = None
+        if serving is not None:
+            self.config, self.endpoints, self.admin = (
+                serving.config,
+                serving.endpoints,
+                serving.admin,
+            )
+        await self._close_unused_tiers()  # a new one whose endpoints did not start, or the old
+        for tier in self._tiers.values():
+            tier.start()
+        return serving is not None
 
     def _status(self) -> str:
         return f"serving {len(self.endpoints)} endpoint(s)"
@@ -266,3 +307,5 @@ class Daemon:
         await asyncio.gather(
             *(endpoint.stop(timeout) for endpoint in self.endpoints), *self._background
         )
+        for tier in self._tiers.values():
+            await tier.close()

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from ..backend import RestBackend
 from ..cache import open_cache
+from ..cache.shared import SharedTier
 from ..config import EndpointConfig
 from ..config.settings import (
     backend_settings,
@@ -23,6 +24,7 @@ from ..config.settings import (
     read_ca_file,
     reply_options,
     service_settings,
+    uses_shared_cache,
 )
 from ..connection import ConcurrentConnection, Connection, ConnectionTracker, ModeBinding
 from ..core.model import Malformed, Outcome, PermanentError, Request
@@ -30,6 +32,7 @@ from ..core.stats import ApiStats
 from ..protocols import ReplyTable
 from ..protocols.modes import Call
 from ..service import EndpointService
+from ..service.fleet import FleetLookups
 from . import listeners, unix_socket
 from .listeners import ListenKey
 
@@ -115,21 +118,40 @@ class Endpoint:
     """A running endpoint: listeners, open connections and REST client."""
 
     def __init__(
-        self, config: EndpointConfig, user_agent: str, *, shared_port: bool = False
+        self,
+        config: EndpointConfig,
+        user_agent: str,
+        *,
+        shared_port: bool = False,
+        shared_tier: SharedTier | None = None,
     ) -> None:
         self.config = config
         self.user_agent = user_agent
+        self.shared_tier = shared_tier if uses_shared_cache(config) else None
+        """The process's shared cache tier, if this endpoint uses it."""
         self._shared_port = shared_port
         """Other workers listen on the same TCP port (``SO_REUSEPORT``)."""
         self._token = config.token()
         self._ca_pem = read_ca_file(config)
         """What a reload compares: a CA file rotated in place keeps its path, not its contents."""
         self._backend = RestBackend(backend_settings(config, user_agent, self._token))
+        cache = open_cache(cache_settings(config))
+        fleet = None
+        self._unregister: Callable[[], None] | None = None
+        if self.shared_tier is not None:
+            fleet = FleetLookups(
+                self.shared_tier,
+                config.name,
+                config.target,
+                stale_for=config.stale_if_error / 1000,
+                timeout=config.request_timeout / 1000,
+            )
+            scope = service_settings(config).cache_scope
+            self._unregister = self.shared_tier.on_invalidate(
+                config.name, lambda map_name, key: cache.forget((scope, map_name, key))
+            )
         self.service = EndpointService(
-            config.name,
-            self._backend,
-            service_settings(config),
-            open_cache(cache_settings(config)),
+            config.name, self._backend, service_settings(config), cache, fleet
         )
         self.answered: Counter[type] = Counter()
         """Replies sent, by outcome type."""
@@ -151,11 +173,14 @@ class Endpoint:
     def listen_key(self) -> ListenKey:
         return listen_key(self.config)
 
-    def configured_as(self, config: EndpointConfig, user_agent: str) -> bool:
+    def configured_as(
+        self, config: EndpointConfig, user_agent: str, shared_tier: SharedTier | None = None
+    ) -> bool:
         """Whether a reload may keep this endpoint as it is (the token and CA files re-read)."""
         return (
             config == self.config
             and user_agent == self.user_agent
+            and (shared_tier if uses_shared_cache(config) else None) is self.shared_tier
             and (config.token() == self._token)
             and read_ca_file(config) == self._ca_pem
         )
@@ -276,4 +301,6 @@ class Endpoint:
         await self.tracker.drain(grace)
         for server in self._servers:
             await server.wait_closed()
+        if self._unregister is not None:
+            self._unregister()
         await self._backend.close()

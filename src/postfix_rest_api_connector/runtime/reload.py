@@ -25,6 +25,7 @@ from .endpoint import Endpoint, listen_key
 
 if TYPE_CHECKING:
     from ..admin.server import AdminServer
+    from ..cache.shared import SharedTier
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Builder(Protocol):
 
     def systemd_sockets(self, config: EndpointConfig) -> list[socket.socket] | None:
         """Duplicates of the sockets systemd passed for this endpoint, if any."""
+        ...
+
+    def shared_tier(self, config: Config) -> SharedTier | None: ...
 
     def admin_for(self, config: Config) -> AdminServer | None: ...
 
@@ -74,7 +78,8 @@ async def apply(current: Serving, new: Config, build: Builder) -> Serving:
         kept = {
             config.name: running[config.name]
             for config in served
-            if config.name in running and running[config.name].configured_as(config, new.user_agent)
+            if config.name in running
+            and running[config.name].configured_as(config, new.user_agent, build.shared_tier(new))
         }
         retiring = [e for e in current.endpoints if e.config.name not in kept]
         for index, config in enumerate(new.endpoints):

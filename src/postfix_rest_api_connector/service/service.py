@@ -23,6 +23,7 @@ from functools import partial
 from typing import Protocol
 
 from ..cache import Cache, CacheKey
+from ..cache.shared import SharedEntry
 from ..core.context import new_request_id, request_id
 from ..core.model import (
     Answer,
@@ -35,6 +36,7 @@ from ..core.model import (
     TemporaryError,
 )
 from ..core.stats import ServiceStats
+from .fleet import FleetLookups
 from .resilience import CircuitBreaker, RetryPolicy, is_transient
 from .single_flight import SingleFlight
 
@@ -82,9 +84,16 @@ class EndpointService:
     """Answers one endpoint's requests from its cache and backend."""
 
     def __init__(
-        self, endpoint_name: str, backend: Backend, settings: ServiceSettings, cache: Cache
+        self,
+        endpoint_name: str,
+        backend: Backend,
+        settings: ServiceSettings,
+        cache: Cache,
+        fleet: FleetLookups | None = None,
     ) -> None:
         self._name = endpoint_name
+        self._fleet = fleet
+        """The shared tier (``shared-cache``), or ``None``: each process on its own."""
         self._backend = backend
         self._settings = settings
         self._scope = settings.cache_scope
@@ -211,15 +220,41 @@ class EndpointService:
             log.debug("%s: %r -> %r", self._name, request, outcome)
 
     async def _fetch(self, request: LookupRequest, key: CacheKey) -> Outcome:
+        if self._fleet is not None:
+            return await self._fetch_through_fleet(self._fleet, request, key)
         answer = await self._attempts(partial(self._backend.lookup, request))
-        outcome, max_age = answer.outcome, answer.max_age
+        return self._settle(key, answer, None)
+
+    async def _fetch_through_fleet(
+        self, fleet: FleetLookups, request: LookupRequest, key: CacheKey
+    ) -> Outcome:
+        """The shared tier first; on a miss, the fleet's one API call of this key."""
+        rkey = fleet.key(request)
+        shared = await fleet.get(rkey)
+        if shared is None or shared.fresh_until <= time.time():
+            ask = partial(self._attempts, partial(self._backend.lookup, request))
+            result = await fleet.fetch(rkey, ask, self._answer_ttl)
+            if isinstance(result, Answer):
+                return self._settle(key, result, shared)
+            shared = result  # another instance's answer, maybe already past its TTL: shared
+        fetched = shared.fetched_at  # kept for the TTL left, and for stale use after
+        self._cache.store(key, shared.outcome, fetched, shared.fresh_until - fetched)
+        return shared.outcome
+
+    def _settle(self, key: CacheKey, answer: Answer, shared: SharedEntry | None) -> Outcome:
+        """Cache a definite answer by its TTL; replace a failure by a recent found answer, from
+        this process or (``shared``) from the fleet, when ``stale-if-error`` allows."""
+        outcome = answer.outcome
         if isinstance(outcome, Found | NotFound):
-            if self._settings.respect_cache_control and max_age == 0:
+            if self._settings.respect_cache_control and answer.max_age == 0:
                 self._cache.forget(key)  # no-store: keep nothing, not even for outages
             else:
-                self._cache.store(key, outcome, time.time(), self._ttl(outcome, max_age))
+                self._cache.store(key, outcome, time.time(), self._answer_ttl(answer))
         elif is_transient(outcome):
-            stale = self._cache.stale(key, time.time())
+            now = time.time()
+            stale = self._cache.stale(key, now)
+            if stale is None and self._fleet is not None:
+                stale = self._fleet.stale(shared, now)
             if stale is not None:
                 self.stats.stale_answers += 1
                 log.debug("%s: API failed (%r); answering the last good value", self._name, outcome)
@@ -254,7 +289,9 @@ class EndpointService:
         finally:
             self._breaker.record(outcome, time.monotonic())
 
-    def _ttl(self, outcome: Found | NotFound, max_age: float | None) -> float:
+    def _answer_ttl(self, answer: Answer) -> float:
+        """Seconds a definite answer stays fresh: its TTL, capped by ``Cache-Control``."""
+        outcome, max_age = answer.outcome, answer.max_age
         ttl = (
             self._settings.cache_ttl
             if isinstance(outcome, Found)
