@@ -51,3 +51,20 @@ def test_the_tests_the_protocol_notes_cite_exist() -> None:
         for name in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.MULTILINE)
     }
     assert not cited - defined, f"cited but not defined: {sorted(cited - defined)}"
+
+
+def test_no_tracked_text_file_holds_merge_conflict_markers() -> None:
+    """A merge once committed its conflict markers into the README and design.md unnoticed."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    marker = re.compile(rb"^(<<<<<<< |>>>>>>> |=======$)", re.MULTILINE)
+    conflicted = [
+        name.decode()
+        for name in tracked
+        if name and (ROOT / name.decode()).is_file()
+        and marker.search((ROOT / name.decode()).read_bytes())
+    ]
+    assert not conflicted, f"merge conflict markers in {conflicted}"
