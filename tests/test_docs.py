@@ -8,6 +8,7 @@ and the tests ``docs/postfix-protocols.md`` names as evidence must still exist.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,6 @@ def test_the_tests_the_protocol_notes_cite_exist() -> None:
 
 def test_no_tracked_text_file_holds_merge_conflict_markers() -> None:
     """A merge once committed its conflict markers into the README and design.md unnoticed."""
-    import subprocess
-
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
