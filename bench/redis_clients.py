@@ -77,7 +77,41 @@ async def glide(port: int, seconds: float) -> tuple[int, float]:
         await client.close()
 
 
-CLIENTS = {"redis-py (hiredis)": redis_py, "valkey-glide": glide}
+async def connector_tier(port: int, seconds: float) -> tuple[int, float]:
+    """The connector's own read path (``SharedTier.get``: redis-py, the reads of one loop turn
+    in one ``MGET``), on distinct keys so that the batching, not a repeated key, is measured."""
+    from postfix_rest_api_connector.cache.shared import (  # noqa: PLC0415
+        SharedCacheSettings,
+        SharedEntry,
+        SharedTier,
+    )
+    from postfix_rest_api_connector.core.model import Found  # noqa: PLC0415
+
+    tier = SharedTier(SharedCacheSettings(f"redis://127.0.0.1:{port}/0", "", timeout=1.0))
+    keys = [f"{KEY}{number}".encode() for number in range(CONCURRENCY)]
+    turn = 0
+
+    def get() -> Awaitable[object]:
+        nonlocal turn
+        turn += 1
+        return tier.get(keys[turn % CONCURRENCY], "")
+
+    now = time.time()
+    stored = SharedEntry(Found("example.com/user/"), "", now, now + 3600)
+    try:
+        for key in keys:
+            await tier.publish(key, stored, 3600, None)
+        assert await tier.get(keys[0], "") == stored
+        return await _drive(get, seconds)
+    finally:
+        await tier.close()
+
+
+CLIENTS = {
+    "redis-py (hiredis)": redis_py,
+    "valkey-glide": glide,
+    "connector (redis-py, batched)": connector_tier,
+}
 
 
 def main() -> int:

@@ -10,4 +10,4 @@ ensure_redis
 venv=$ROOT/.venv-redis-clients
 make_venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check uvloop "redis[hiredis]" valkey-glide
-"$venv/bin/python" bench/redis_clients.py "$@"
+PYTHONPATH=$ROOT/src "$venv/bin/python" bench/redis_clients.py "$@"

@@ -115,6 +115,28 @@ async def test_an_entry_stored_is_found_by_another_process_view(redis: RedisServ
     assert (reader.stats.hits, reader.stats.misses) == (1, 1)
 
 
+async def test_reads_in_one_turn_of_the_loop_go_in_one_mget(redis: RedisServer) -> None:
+    """Fifty lookups at once cost the server one command, and each gets its own key's entry."""
+    tier = await open_tier(redis.url)
+    try:
+        keys = [tier.key("e", None, f"k{i}".encode()) for i in range(50)]
+        for number, rkey in enumerate(keys[:25]):
+            await tier.publish(rkey, entry(f"v{number}"), 60.0, None)
+        await redis.cli("CONFIG", "RESETSTAT")
+        found = await asyncio.gather(*(tier.get(rkey, TARGET) for rkey in keys + keys[:5]))
+        stats = await redis.cli("INFO", "commandstats")
+    finally:
+        await tier.close()
+
+    values = [None if e is None else e.outcome for e in found]
+    assert values == [Found(f"v{n}") for n in range(25)] + [None] * 25 + [
+        Found(f"v{n}") for n in range(5)
+    ]
+    assert "cmdstat_mget:calls=1," in stats, stats
+    assert "cmdstat_get:" not in stats, stats
+    assert (tier.stats.hits, tier.stats.misses) == (30, 25)
+
+
 async def test_one_lock_holder_at_a_time_and_its_answer_reaches_the_waiter(
     redis: RedisServer,
 ) -> None:
