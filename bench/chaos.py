@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from chaos_load import run  # noqa: E402
+from chaos_load import run
 
 
 def main() -> None:

@@ -196,13 +196,14 @@ async def until_serving(ports: list[int], deadline: float = 30.0) -> None:
 async def chaos(
     supervisor: int,
     stop: asyncio.Event,
-    kill_every: float,
-    hup_every: float,
+    every: tuple[float, float],
     log: Counter[str],
     configs: tuple[Path, list[bytes]],
 ) -> None:
     """SIGKILL a random worker every ``kill_every`` s and SIGHUP the supervisor every
-    ``hup_every`` s (0: never), the config file written with the next of ``configs`` first."""
+    ``hup_every`` s (``every``; 0: never), the file first written with the next of
+    ``configs``."""
+    kill_every, hup_every = every
     path, versions = configs
     rng = random.Random(1)
     now = time.monotonic()
@@ -247,7 +248,7 @@ async def run(
     they re-read the same file."""
     runner, target = await start_api()
     config = workdir / "chaos.json"
-    with reserved_ports(len(MODES)) as ports:
+    with reserved_ports(len(MODES)) as ports, (workdir / "chaos.log").open("wb") as stderr:
         first = json.dumps(config_document(target, ports, API_TIMEOUT)).encode()
         changed = json.dumps(config_document(target, ports, API_TIMEOUT - 1)).encode()
         versions = [changed, b'{"workers": 2, "endpoints": "not a list"}', first]
@@ -257,7 +258,7 @@ async def run(
             str(config),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=(workdir / "chaos.log").open("wb"),
+            stderr=stderr,
             start_new_session=True,
         )
         try:
@@ -273,8 +274,7 @@ async def run(
                     chaos(
                         process.pid,
                         stop,
-                        kill_every,
-                        hup_every,
+                        (kill_every, hup_every),
                         events,
                         (config, versions if alternate else [first]),
                     )

@@ -19,7 +19,10 @@ async def test_kills_and_reloads_under_load_give_no_wrong_answer_and_no_stall(
     report = await run(300, 12.0, 3.0, 2.0, tmp_path)
     wrong = {key: count for key, count in report.items() if str(key).startswith("WRONG")}
     assert not wrong, report
-    assert report["kills"] and report["reloads"], report
+    assert report["kills"], report
+    assert report["reloads"], report
     assert report["right"], report
     # every answer within the API's own time (request-timeout) plus 1 s
-    assert report["max s"] <= SLOW, report
+    slowest = report["max s"]
+    assert isinstance(slowest, float), report
+    assert slowest <= SLOW, report
