@@ -7,4 +7,8 @@
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 cd "$ROOT"
-PYTHONPATH=src "${PYTHON:-.venv/bin/python}" bench/chaos.py --seconds 60 "$@"
+if [ -z "${PYTHON:-}" ]; then  # PYTHON: an interpreter that has the test extras already
+    ensure_venv test
+    PYTHON=$VENV/bin/python
+fi
+PYTHONPATH=src "$PYTHON" bench/chaos.py --seconds 60 "$@"
