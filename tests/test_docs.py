@@ -63,7 +63,8 @@ def test_no_tracked_text_file_holds_merge_conflict_markers() -> None:
     conflicted = [
         name.decode()
         for name in tracked
-        if name and (ROOT / name.decode()).is_file()
+        if name
+        and (ROOT / name.decode()).is_file()
         and marker.search((ROOT / name.decode()).read_bytes())
     ]
     assert not conflicted, f"merge conflict markers in {conflicted}"
