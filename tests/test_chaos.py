@@ -26,3 +26,13 @@ async def test_kills_and_reloads_under_load_give_no_wrong_answer_and_no_stall(
     slowest = report["max s"]
     assert isinstance(slowest, float), report
     assert slowest <= SLOW, report
+
+
+async def test_reloads_that_replace_every_endpoint_lose_no_request(tmp_path: Path) -> None:
+    """Without kills, a request is never lost: a replaced endpoint's connections are handed
+    over to its successor instead of closed after their last answer."""
+    report = await run(300, 7.0, 0.0, 2.0, tmp_path)
+    assert report["reloads"] == 3, report
+    assert "lost (connection closed or reset)" not in report, report
+    assert not {key for key in report if str(key).startswith("WRONG")}, report
+    assert report["right"], report

@@ -1,5 +1,6 @@
 """Reloading the config: unchanged endpoints and their connections are untouched, changed ones
-take over their listening socket, removed ones drain, and a bad config changes nothing.
+take over their listening socket and its connections, removed ones drain, and a bad config
+changes nothing.
 
 Most tests call ``Daemon.reload()`` in this event loop, as the SIGHUP handler does; the last ones
 send a real SIGHUP to the daemon in a child process, with systemd's notify socket watched.
@@ -129,9 +130,11 @@ async def test_unchanged_endpoint_keeps_its_connections_and_new_ones_start(
         assert daemon.reloads["ok"] == 1
 
 
-async def test_changed_endpoint_takes_over_its_socket_and_old_connections_drain(
+async def test_changed_endpoint_takes_over_its_socket_and_its_connections(
     api: FakeApi, second_api: str, tmp_path: Path
 ) -> None:
+    """The open connections go on with the new config: a request sent after the reload is
+    answered by it, never met by a closed connection."""
     api.answer_json(["first"])
     path = tmp_path / "config.json"
     write(path, tcp("lookup", api.url))
@@ -139,16 +142,69 @@ async def test_changed_endpoint_takes_over_its_socket_and_old_connections_drain(
         address = address_of(daemon, "lookup")
         old = await Client.connect(address)
         assert await old.get("k") == b"200 first\n"
-        queued = await Client.connect(address)  # accepted by the old listener, not yet used
+        unused = await Client.connect(address)  # accepted by the old listener, not yet used
         write(path, tcp("lookup", second_api))
         assert await daemon.reload()
         assert address_of(daemon, "lookup") == address  # port 0 in the config: the same port
-        assert await asyncio.wait_for(old.reader.read(), DEADLINE) == b""  # drained and closed
         fresh = await Client.connect(address)
-        assert await fresh.get("k") == b"200 second\n"
-        assert await queued.get("k") in {b"200 first\n", b""}  # answered by old, or closed
-        for client in (old, queued, fresh):
+        for client in (old, unused, fresh):
+            assert await client.get("k") == b"200 second\n"
+        assert len(daemon.endpoints[0].tracker.open) == 3
+        for client in (old, unused, fresh):
             client.close()
+
+
+async def test_a_request_in_flight_at_a_reload_is_answered_by_the_old_config_the_next_by_the_new(
+    api: FakeApi, second_api: str, tmp_path: Path
+) -> None:
+    stalled = api.stall(["first"])
+    path = tmp_path / "config.json"
+    write(path, tcp("lookup", api.url))
+    async with daemon_from(path) as daemon:
+        client = await Client.connect(address_of(daemon, "lookup"))
+        asking = asyncio.create_task(client.get("k"))
+        await asyncio.wait_for(stalled.received.wait(), DEADLINE)
+        write(path, tcp("lookup", second_api))
+        assert await daemon.reload()
+        assert not asking.done()
+        stalled.release.set()
+        assert await asking == b"200 first\n"  # the old endpoint's API, still open for it
+        assert await client.get("k") == b"200 second\n"
+        client.close()
+
+
+async def test_connections_of_an_endpoint_replaced_by_another_mode_drain_and_close(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    api.answer_json(["v"])
+    path = tmp_path / "config.json"
+    write(path, tcp("lookup", api.url))
+    async with daemon_from(path) as daemon:
+        address = address_of(daemon, "lookup")
+        client = await Client.connect(address)
+        assert await client.get("k") == b"200 v\n"
+        socketmap = {**endpoint_config("socketmap-lookup", api.url), "name": "lookup"}
+        write(path, socketmap)
+        assert await daemon.reload()
+        assert address_of(daemon, "lookup") == address
+        assert await asyncio.wait_for(client.reader.read(), DEADLINE) == b""  # closed
+        client.close()
+
+
+async def test_a_shutdown_after_a_reload_closes_the_handed_over_connections(
+    api: FakeApi, second_api: str, tmp_path: Path
+) -> None:
+    api.answer_json(["first"])
+    path = tmp_path / "config.json"
+    write(path, tcp("lookup", api.url))
+    async with daemon_from(path) as daemon:
+        client = await Client.connect(address_of(daemon, "lookup"))
+        assert await client.get("k") == b"200 first\n"
+        write(path, tcp("lookup", second_api))
+        assert await daemon.reload()
+        assert await client.get("k") == b"200 second\n"
+    assert await asyncio.wait_for(client.reader.read(), DEADLINE) == b""
+    client.close()
 
 
 async def test_listener_is_never_closed_during_a_reload(

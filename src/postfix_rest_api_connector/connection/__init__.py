@@ -3,7 +3,14 @@ mode's codec, reply table and service call."""
 
 from __future__ import annotations
 
-from .handler import ConcurrentConnection, Connection, Limits, ModeBinding
+from .handler import ConcurrentConnection, Connection, Limits, ModeBinding, Successor
 from .tracker import ConnectionTracker
 
-__all__ = ["ConcurrentConnection", "Connection", "ConnectionTracker", "Limits", "ModeBinding"]
+__all__ = [
+    "ConcurrentConnection",
+    "Connection",
+    "ConnectionTracker",
+    "Limits",
+    "ModeBinding",
+    "Successor",
+]

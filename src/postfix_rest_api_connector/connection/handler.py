@@ -3,7 +3,9 @@
 Postfix keeps a connection for many requests and sends the next only after the reply, but a request
 may arrive split over reads or several in one read; the codec sorts that out and this loop answers
 them one at a time, in order. Limits live here: connections per listener, pipelined requests
-waiting, write backpressure, the idle timeout, the read deadline, and the drain on shutdown.
+waiting, write backpressure, the idle timeout, the read deadline, and the drain on shutdown. A
+reload that replaces an endpoint by one of the same mode hands its connections over instead of
+closing them (``Successor``): Postfix's next request on them is answered, not lost.
 
 A protocol whose requests carry ids (sasl) gets ``ConcurrentConnection`` instead: the same shell,
 but every request is answered on its own, as soon as its answer is known.
@@ -69,6 +71,16 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Successor:
+    """The endpoint of the same mode that a reload put in a connection's endpoint's place: what
+    the connection goes on with once it has answered what it received before."""
+
+    binding: ModeBinding
+    tracker: ConnectionTracker
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
 class _Fatal:
     """Answer with this error, then close: framing is lost or the client is too slow."""
 
@@ -96,6 +108,7 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._draining = False
+        self._successor: Successor | None = None
 
     # asyncio callbacks
 
@@ -142,6 +155,7 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """Half-closed by the client: answer what it sent, then close."""
+        self._successor = None
         self.drain()
         return True
 
@@ -177,7 +191,14 @@ class Connection(asyncio.Protocol):
         self._draining = True
         self._pause_reading()
         if not self._busy():
-            self._close()
+            self._drained()
+
+    def hand_over(self, successor: Successor) -> None:
+        """Answer what was received, as ``drain`` does, then go on with ``successor`` instead of
+        closing: a client's request sent just after its last answer would meet a closed
+        connection."""
+        self._successor = successor
+        self.drain()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -200,7 +221,7 @@ class Connection(asyncio.Protocol):
                 self._feed()
             if not self._waiting:
                 if self._draining:
-                    self._close()
+                    self._drained()
                 else:
                     self._maybe_resume_reading()
                 return
@@ -277,6 +298,28 @@ class Connection(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(reply)
 
+    def _drained(self) -> None:
+        """Everything received before ``drain`` is answered: close, or move to the successor
+        (unless it is itself draining: a shutdown came after the reload)."""
+        successor, self._successor = self._successor, None
+        if (
+            successor is None
+            or successor.tracker.draining
+            or self._transport is None
+            or self._transport.is_closing()
+        ):
+            self._close()
+            return
+        self._tracker.remove(self)
+        self._binding, self._tracker, self._limits = (
+            successor.binding,
+            successor.tracker,
+            successor.limits,
+        )
+        self._tracker.add(self)
+        self._draining = False
+        self._maybe_resume_reading()
+
     def _close(self) -> None:
         """After the replies already written have gone out."""
         if self._transport is not None and not self._transport.is_closing():
@@ -349,7 +392,7 @@ class ConcurrentConnection(Connection):
                 if not self._draining:
                     self._maybe_resume_reading()
                 elif not self._answering:
-                    self._close()
+                    self._drained()
                 return
             request = self._waiting[0]
             if isinstance(request, _Fatal):

@@ -26,7 +26,13 @@ from ..config.settings import (
     service_settings,
     uses_shared_cache,
 )
-from ..connection import ConcurrentConnection, Connection, ConnectionTracker, ModeBinding
+from ..connection import (
+    ConcurrentConnection,
+    Connection,
+    ConnectionTracker,
+    ModeBinding,
+    Successor,
+)
 from ..core.model import Malformed, Outcome, PermanentError, Request
 from ..core.stats import ApiStats
 from ..protocols import ReplyTable
@@ -157,6 +163,7 @@ class Endpoint:
         """Replies sent, by outcome type."""
         self._binding = bind_mode(config, self.service, self.answered)
         self.tracker = ConnectionTracker()
+        self._limits = connection_limits(config)
         self._servers: list[asyncio.Server] = []
         self._socket_inode: int | None = None
         self.inherited = False
@@ -202,7 +209,7 @@ class Endpoint:
         no such address) reaches the caller.
         """
         loop = asyncio.get_running_loop()
-        binding, tracker, limits = self._binding, self.tracker, connection_limits(self.config)
+        binding, tracker, limits = self._binding, self.tracker, self._limits
         kind = ConcurrentConnection if binding.concurrent else Connection
 
         def connection() -> Connection:
@@ -295,8 +302,20 @@ class Endpoint:
                 unix_socket.remove_socket(self.config.bind_path, self._socket_inode)
             self._socket_inode = None
 
+    def retire(self, successor: Endpoint | None) -> None:
+        """A reload replaced this endpoint: its connections answer what they received, then go
+        on with ``successor`` if it has the same mode, or close. Begun now, not in ``stop``'s
+        task, so that a request sent once the reload is done meets the new config."""
+        if successor is not None and successor.config.mode == self.config.mode:
+            self.tracker.begin_drain(
+                Successor(successor._binding, successor.tracker, successor._limits)
+            )
+        else:
+            self.tracker.begin_drain()
+
     async def stop(self, grace: float) -> None:
-        """Stop accepting, answer what was received, close; then release the REST client."""
+        """Stop accepting, answer what was received, close (unless ``retire`` handed the
+        connections over); then release the REST client."""
         self.stop_accepting()
         await self.tracker.drain(grace)
         for server in self._servers:

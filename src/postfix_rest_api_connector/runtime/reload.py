@@ -6,8 +6,9 @@ start first; a changed one on the same address takes over duplicates of its pred
 listening sockets (``listeners.duplicates``), so no connection attempt is refused. One whose
 name systemd passed a socket for gets duplicates of that socket, which the daemon holds until it
 exits (``listeners.SystemdSockets``): the same queue, whatever its config says. Only when every
-new listener listens are the old ones closed and drained; if one cannot listen, the new ones are
-closed and nothing changes.
+new listener listens are the old ones closed; their connections answer what they received, then
+go on with the endpoint that took the old one's socket if it has the same mode, or close. If one
+cannot listen, the new ones are closed and nothing changes.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ async def apply(current: Serving, new: Config, build: Builder) -> Serving:
     running = {endpoint.config.name: endpoint for endpoint in current.endpoints}
     served = build.served(new)
     started: dict[str, Endpoint] = {}
-    handed_over: set[Endpoint] = set()
+    handed_over: dict[Endpoint, Endpoint] = {}
+    """A retiring endpoint whose listening sockets a new one took: its successor."""
     try:
         # configured_as re-reads token and CA files: one unreadable since the config was
         # validated fails the reload in one line (UnreadableFile), as below
@@ -113,6 +115,7 @@ async def apply(current: Serving, new: Config, build: Builder) -> Serving:
     grace = new.shutdown_timeout / 1000
     for endpoint in retiring:
         endpoint.stop_accepting(keep_socket_file=endpoint in handed_over)
+        endpoint.retire(handed_over.get(endpoint))
         build.in_background(endpoint.stop(grace))
         if endpoint.from_systemd and endpoint.config.name not in started:
             log.warning(
@@ -136,7 +139,7 @@ async def _start_replacing(
     index: int,
     running: dict[str, Endpoint],
     retiring: list[Endpoint],
-    handed_over: set[Endpoint],
+    handed_over: dict[Endpoint, Endpoint],
     *,
     passed: list[socket.socket] | None,
 ) -> None:
@@ -153,7 +156,7 @@ async def _start_replacing(
         listeners.close_all(sockets or ())
         raise ReloadFailed(cannot_listen(f"endpoints[{index}]", endpoint, error)) from None
     if predecessor is not None:
-        handed_over.add(predecessor)
+        handed_over[predecessor] = endpoint
 
 
 class AdminFallback(ReloadFailed):
@@ -225,7 +228,7 @@ def _predecessor(
     config: EndpointConfig,
     same_name: Endpoint | None,
     retiring: list[Endpoint],
-    taken: set[Endpoint],
+    taken: dict[Endpoint, Endpoint],
 ) -> Endpoint | None:
     """The retiring endpoint whose listening socket ``config`` can take over, if any.
 
