@@ -114,6 +114,8 @@ async def test_open_connections_and_requests_in_flight_are_gauges(api: FakeApi) 
     assert samples[("connections_open", name)] == 1
     assert samples[("requests_in_flight", name)] == 1
     assert after[("requests_in_flight", name)] == 0
+    # the request's task (and its API call's) are gone with it
+    assert samples[("event_loop_tasks", labels())] > after[("event_loop_tasks", labels())] > 0
 
 
 async def test_breaker_state_and_errors_by_kind(api: FakeApi) -> None:

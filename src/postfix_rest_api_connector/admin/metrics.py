@@ -8,6 +8,7 @@ which Prometheus treats as a counter reset).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -94,6 +95,12 @@ class ConnectorCollector(Collector):
         for result in ("ok", "failed"):
             reloads.add_metric([result], self._daemon.reloads[result])
         yield reloads
+        tasks = GaugeMetricFamily(
+            f"{PREFIX}_event_loop_tasks",
+            "asyncio tasks alive in this process: back to its idle figure once the load is gone",
+        )
+        tasks.add_metric([], len(asyncio.all_tasks()))
+        yield tasks
         tiers = self._daemon.shared_tier_stats
         if tiers:
             yield from _shared_tier(tiers)
