@@ -21,6 +21,10 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=3.0, help="0: no kills")
     parser.add_argument("--hup-every", type=float, default=2.0, help="0: no reloads")
     parser.add_argument("--same-config", action="store_true", help="reloads re-read the same file")
+    parser.add_argument("--flap-every", type=float, default=1.5, help="0: the API stays up")
+    parser.add_argument(
+        "--vanish-share", type=float, default=0.02, help="requests whose client closes at once"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chaos-") as directory:
         report = asyncio.run(
@@ -31,6 +35,8 @@ def main() -> None:
                 args.hup_every,
                 Path(directory),
                 alternate=not args.same_config,
+                flap_every=args.flap_every,
+                vanish_share=args.vanish_share,
             )
         )
         print(json.dumps(report))

@@ -1,13 +1,15 @@
 """A chaos load driver: the real connector (2 workers) under Postfix-style load while workers are
-SIGKILLed and the supervisor gets SIGHUPs; used by ``bench/chaos.py`` (and meant for
-``tests/test_chaos.py``).
+SIGKILLed, the supervisor gets SIGHUPs, the API flaps and clients vanish; used by
+``tests/test_chaos.py`` and ``bench/chaos.py``.
 
 Each of N clients keeps one connection (tcp_table, socketmap or policy, in turn) and sends one
 request at a time, recording how long its answer took. A connection that the connector closes or
 resets (its worker was killed) is counted as lost with its request, and the client connects
-again, as Postfix does. The report is the latency distribution of the requests answered on
-live connections, the wrong answers (never expected: the API answers every key with its own
-value) and the lost ones.
+again, as Postfix does; so does a client that vanished on purpose mid-request. The report is the
+latency distribution of the requests answered on live connections, the wrong answers (never
+expected: the API answers every key with its own value, or fails, which must give the
+protocol's temporary error), the lost ones, and the workers' tasks, descriptors and RSS idle
+before the load, warm, and idle again after it (from ``/metrics`` and ``/proc``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 MODES = ("tcp-lookup", "socketmap-lookup", "policy")
+PREFIX = "postfix_rest_api_connector"
 MODULE = [sys.executable, "-m", "postfix_rest_api_connector"]
 REQUEST_DEADLINE = 30.0
 """Seconds a client waits for one answer (Postfix waits 100): past it the answer counts as lost."""
@@ -51,12 +56,39 @@ def reserved_ports(count: int) -> Iterator[list[int]]:
         yield ports
 
 
-async def start_api() -> tuple[web.AppRunner, str]:
-    """An API that answers every key with ``value-of-KEY`` (lookups) or ``REJECT KEY`` (policy)."""
+API_STATES = ("up", "down", "error", "slow", "garbage")
+"""What the API does meanwhile: answer; drop the connection unanswered; answer 503; answer after
+the connector's ``request-timeout``; answer 200 with a body that is no answer."""
+
+
+@dataclass
+class Api:
+    """The API's current state (``API_STATES``), switched by ``flap``."""
+
+    state: str = "up"
+    changes: Counter[str] = field(default_factory=Counter)
+
+
+async def start_api(api: Api) -> tuple[web.AppRunner, str]:
+    """An API that answers every key with ``value-of-KEY`` (lookups) or ``REJECT KEY``
+    (policy) while ``api.state`` is ``up``, and fails as that state says otherwise."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        state = api.state
+        if state == "down" and request.transport is not None:
+            request.transport.close()
+            raise web.HTTPServiceUnavailable  # never sent: the connection is gone
+        if state == "error":
+            raise web.HTTPServiceUnavailable
+        if state == "garbage":
+            return web.Response(text="{not json", content_type="application/json")
+        if state == "slow":
+            await asyncio.sleep(API_TIMEOUT / 1000 * 1.5)
         if request.method == "POST":
-            key = str((await request.post()).getone("recipient"))
+            try:
+                key = str((await request.post()).getone("recipient"))
+            except ConnectionResetError:  # its worker was killed while it sent the body
+                return web.Response(status=499)
             return web.Response(text=f"action=REJECT {key}")
         return web.json_response([f"value-of-{request.query['key']}"])
 
@@ -70,7 +102,21 @@ async def start_api() -> tuple[web.AppRunner, str]:
     return runner, f"http://{host}:{port}"
 
 
-def config_document(target: str, ports: list[int], timeout: int) -> dict[str, object]:
+async def flap(api: Api, every: float, stop: asyncio.Event) -> None:
+    """Every ``every`` s or so (at random moments), the API fails in one of its ways for a
+    while, then is up again."""
+    rng = random.Random(2)
+    while not stop.is_set():
+        api.state = "up" if api.state != "up" else rng.choice(API_STATES[1:])
+        api.changes[api.state] += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every * rng.uniform(0.5, 1.5))
+    api.state = "up"
+
+
+def config_document(
+    target: str, ports: list[int], timeout: int, metrics_port: int
+) -> dict[str, object]:
     endpoints = [
         {
             "name": f"chaos-{mode}",
@@ -83,7 +129,11 @@ def config_document(target: str, ports: list[int], timeout: int) -> dict[str, ob
         }
         for mode, port in zip(MODES, ports, strict=True)
     ]
-    return {"workers": 2, "endpoints": endpoints}
+    return {
+        "workers": 2,
+        "endpoints": endpoints,
+        "metrics": {"bind-address": "127.0.0.1", "bind-port": metrics_port},
+    }
 
 
 def request_for(mode: str, key: str) -> bytes:
@@ -132,10 +182,19 @@ class Tally:
 
 
 async def client(
-    index: int, ports: list[int], stop: asyncio.Event, tally: Tally, started: float
+    index: int,
+    ports: list[int],
+    stop: asyncio.Event,
+    tally: Tally,
+    started: float,
+    *,
+    vanish_share: float = 0.0,
 ) -> None:
+    """One Postfix-style client; a ``vanish_share`` of its requests it sends (whole or the first
+    half) and then closes the connection without reading the answer."""
     mode = MODES[index % len(MODES)]
     port = ports[index % len(MODES)]
+    rng = random.Random(index)
     number = 0
     while not stop.is_set():
         try:
@@ -151,7 +210,12 @@ async def client(
                 key = f"k{index}-{number}@example.com"
                 number += 1
                 sent = time.monotonic()
-                writer.write(request_for(mode, key))
+                request = request_for(mode, key)
+                if rng.random() < vanish_share:
+                    writer.write(request[: rng.choice((len(request), len(request) // 2))])
+                    tally.counts["vanished (client closed mid-request)"] += 1
+                    break
+                writer.write(request)
                 try:
                     reply = await asyncio.wait_for(read_reply(mode, reader), REQUEST_DEADLINE)
                 except (OSError, asyncio.IncompleteReadError, TimeoutError):
@@ -234,6 +298,79 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+@dataclass(frozen=True)
+class Figures:
+    """What the workers hold: the most of any worker, so that one restarted counts as well."""
+
+    tasks: int
+    descriptors: int
+    """Not counting sockets to the API: a pool of kept-alive API connections is no leak."""
+    api_sockets: int
+    rss_mib: float
+
+
+def socket_inodes_to(port: int) -> set[str]:
+    """Inodes of loopback TCP sockets connected to ``port`` (``/proc/net/tcp``)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port:
+            inodes.add(fields[9])
+    return inodes
+
+
+async def scrape(metrics_port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+    ):
+        text = await response.text()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+async def figures(supervisor: int, metrics_port: int, api_port: int) -> Figures:
+    samples = await scrape(metrics_port)
+    tasks = max(value for _, value in samples[f"{PREFIX}_event_loop_tasks"])
+    return Figures(int(tasks), *process_figures(supervisor, api_port))
+
+
+def process_figures(supervisor: int, api_port: int) -> tuple[int, int, float]:
+    """Descriptors (not to the API), sockets to the API and RSS (MiB): the most of any worker."""
+    to_api = socket_inodes_to(api_port)
+    descriptors, api_sockets, rss = 0, 0, 0
+    for pid in worker_pids(supervisor):
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        pooled = sum(1 for link in links if link.removeprefix("socket:[")[:-1] in to_api)
+        descriptors = max(descriptors, len(links) - pooled)
+        api_sockets = max(api_sockets, pooled)
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss = max(rss, int(status.split("VmRSS:")[1].split()[0]))
+    return descriptors, api_sockets, round(rss / 1024, 1)
+
+
+async def until_quiet(supervisor: int, metrics_port: int, deadline: float = 15.0) -> None:
+    """Until both workers answer a scrape with no connection open and no request in flight."""
+    end = time.monotonic() + deadline
+    while True:
+        with contextlib.suppress(OSError, aiohttp.ClientError):
+            samples = await scrape(metrics_port)
+            busy = sum(
+                value
+                for name in (f"{PREFIX}_connections_open", f"{PREFIX}_requests_in_flight")
+                for _, value in samples.get(name, [])
+            )
+            up = [value for _, value in samples.get(f"{PREFIX}_worker_up", [])]
+            if not busy and up == [1.0, 1.0] and len(worker_pids(supervisor)) == 2:
+                return
+        if time.monotonic() > end:
+            raise TimeoutError("the connector did not become idle after the load")
+        await asyncio.sleep(0.2)
+
+
 async def run(
     connections: int,
     seconds: float,
@@ -242,15 +379,28 @@ async def run(
     workdir: Path,
     *,
     alternate: bool = True,
+    flap_every: float = 0.0,
+    vanish_share: float = 0.0,
 ) -> dict[str, object]:
     """One run; ``alternate``: the reloads cycle through a changed config (its endpoints
     replaced, their listening sockets handed over), an invalid one and the first one; else
-    they re-read the same file."""
-    runner, target = await start_api()
+    they re-read the same file. ``flap_every``: the API changes state (``flap``) about that
+    often (0: always up). ``vanish_share``: of requests, those whose client closes at once.
+
+    The first quarter of the run (at most 2 s) is load alone, for the warm figures; the
+    workers' figures idle before it, warm after it and idle again after the run are reported.
+    """
+    api = Api()
+    runner, target = await start_api(api)
+    api_port = int(target.rsplit(":", 1)[1])
     config = workdir / "chaos.json"
-    with reserved_ports(len(MODES)) as ports, (workdir / "chaos.log").open("wb") as stderr:
-        first = json.dumps(config_document(target, ports, API_TIMEOUT)).encode()
-        changed = json.dumps(config_document(target, ports, API_TIMEOUT - 1)).encode()
+    with (
+        reserved_ports(len(MODES) + 1) as reserved,
+        (workdir / "chaos.log").open("wb") as stderr,
+    ):
+        ports, metrics_port = reserved[:-1], reserved[-1]
+        first = json.dumps(config_document(target, ports, API_TIMEOUT, metrics_port)).encode()
+        changed = json.dumps(config_document(target, ports, API_TIMEOUT - 1, metrics_port)).encode()
         versions = [changed, b'{"workers": 2, "endpoints": "not a list"}', first]
         config.write_bytes(first)
         process = await asyncio.create_subprocess_exec(
@@ -262,13 +412,20 @@ async def run(
             start_new_session=True,
         )
         try:
-            await until_serving(ports)
+            await until_serving([*ports, metrics_port])
+            await until_quiet(process.pid, metrics_port)
+            idle = await figures(process.pid, metrics_port, api_port)
             tally, events, stop = Tally(), Counter[str](), asyncio.Event()
             started = time.monotonic()
             tasks = [
-                asyncio.create_task(client(i, ports, stop, tally, started))
+                asyncio.create_task(
+                    client(i, ports, stop, tally, started, vanish_share=vanish_share)
+                )
                 for i in range(connections)
             ]
+            warmup = min(seconds / 4, 2.0)
+            await asyncio.sleep(warmup)
+            warm = await figures(process.pid, metrics_port, api_port)
             tasks.append(
                 asyncio.create_task(
                     chaos(
@@ -280,9 +437,13 @@ async def run(
                     )
                 )
             )
-            await asyncio.sleep(seconds)
+            if flap_every:
+                tasks.append(asyncio.create_task(flap(api, flap_every, stop)))
+            await asyncio.sleep(seconds - warmup)
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), REQUEST_DEADLINE + 5)
+            await until_quiet(process.pid, metrics_port)
+            after = await figures(process.pid, metrics_port, api_port)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -296,6 +457,7 @@ async def run(
         "connections": connections,
         "seconds": seconds,
         **events,
+        **{f"API {state}": count for state, count in api.changes.items()},
         **tally.counts,
         "answered": len(tally.latencies),
         "p50 s": round(percentile(tally.latencies, 0.5), 4),
@@ -305,4 +467,7 @@ async def run(
         "stalls (over API time + 1 s)": sum(1 for v in tally.latencies if v > SLOW),
         "over 5 s": sum(1 for v in tally.latencies if v > 5.0),
         "slowest (at s, waited s, mode)": sorted(tally.slow, key=lambda s: -s[1])[:10],
+        "idle": asdict(idle),
+        "warm": asdict(warm),
+        "after": asdict(after),
     }
