@@ -64,7 +64,7 @@ _MAX_NAME = 256
 def _shown(name: str) -> str:
     """A header name as a key path shows it: escaped unless it is a valid name, so that an
     injection attempt cannot break the error line it is reported in."""
-    if len(name) <= _MAX_NAME and name.isascii() and name.isprintable() and " " not in name:
+    if 0 < len(name) <= _MAX_NAME and name.isascii() and name.isprintable() and " " not in name:
         return name
     return ascii(name[:64])
 
