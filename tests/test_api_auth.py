@@ -20,6 +20,7 @@ import pytest
 from conftest import FakeApi, endpoint_address, endpoint_config, running_connector, write_config
 from postfix_rest_api_connector.config import load_config
 from postfix_rest_api_connector.runtime.daemon import Daemon
+from test_commands import run
 from test_tls import ERROR_CODE, FOUND, MODES, KeyPair, _issue, _make_ca, ask, reply_code, tls_api
 
 INLINE = "inline-s3cret-value"
@@ -274,3 +275,19 @@ async def test_a_reload_picks_up_a_rotated_client_certificate(
     for pair in (mtls.client, mtls.stranger):
         for line in _key_material(pair):
             assert line not in debug_log.text
+
+
+async def test_query_asks_with_the_headers_and_the_client_certificate(
+    mtls: MtlsPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``query`` (a real process) authenticates as the daemon does, and prints no secret."""
+    extra = _mtls_extra(mtls, mtls.client, **_auth_extra(tmp_path, monkeypatch))
+    async with tls_api(mtls.server, client_ca=mtls.ca_cert) as api:
+        api.answer_json(["value"])
+        endpoint = endpoint_config("tcp-lookup", api.url, **extra)
+        config = write_config(tmp_path, {"endpoints": [endpoint]})
+        status, stdout, stderr = await run("query", str(config), "test-tcp-lookup", "k")
+    assert (status, stdout) == (0, "value\n"), stderr
+    _assert_authenticated(api)
+    for secret in SECRETS:
+        assert secret not in stdout + stderr

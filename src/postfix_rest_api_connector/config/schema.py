@@ -12,7 +12,7 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -160,10 +160,7 @@ def _value_kind(value: object) -> str | None:
 
 
 HeaderValue = Annotated[
-    Union[  # noqa: UP007 - the members carry tags
-        Annotated[SecretStr, Tag("function-string")],
-        Annotated[SecretSource, Tag("function-object")],
-    ],
+    Annotated[SecretStr, Tag("function-string")] | Annotated[SecretSource, Tag("function-object")],
     Discriminator(
         _value_kind,
         custom_error_type="header_value",

@@ -52,7 +52,7 @@ AuthHeaders = tuple[tuple[str, str], ...]
 def read_auth_headers(config: EndpointConfig) -> AuthHeaders:
     """Every request's authentication headers, their files and variables read now:
     ``X-Auth-Token``, ``headers``, ``basic-auth``. A failure names the key, never a value."""
-    key = "auth-token-file"
+    key = "auth-token"
     try:
         token = config.token()
         pairs = [("X-Auth-Token", token)] if token is not None else []
