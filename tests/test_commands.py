@@ -47,7 +47,7 @@ async def test_check_config_summarises_without_secrets() -> None:
         "domain-lookup: tcp-lookup on 0.0.0.0:9001 -> http://localhost:9000/api/postfix/domain"
         in stdout
     )
-    assert "(token: inline, timeout 2000 ms)" in stdout
+    assert "(auth: x-auth-token inline, timeout 2000 ms)" in stdout
     assert "test123" not in stdout + stderr
 
 

@@ -465,7 +465,8 @@ async def test_check_config_describes_a_sasl_endpoint(api: FakeApi, tmp_path: Pa
     status, stdout, stderr = await run("check-config", config)
     assert status == 0, stderr
     assert (
-        "test-sasl: sasl on 127.0.0.1:0 -> " + f"{api.url}/auth (token: inline, timeout 1000 ms,"
+        "test-sasl: sasl on 127.0.0.1:0 -> "
+        + f"{api.url}/auth (auth: x-auth-token inline, timeout 1000 ms,"
         " PLAIN and LOGIN on TLS sessions only, refusals after 0 ms, form body,"
         " successes cached 30000 ms)"
     ) in stdout

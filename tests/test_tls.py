@@ -51,14 +51,15 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run([executable, *args], cwd=cwd, check=True, capture_output=True, timeout=30)
 
 
-def _issue(directory: Path, name: str, subject_alt_name: str) -> KeyPair:
-    """A P-256 key and a server certificate signed by ``ca.key`` in ``directory``."""
+def _issue(directory: Path, name: str, subject_alt_name: str, usage: str = "serverAuth") -> KeyPair:
+    """A P-256 key and a certificate (a server's, or ``usage`` ``clientAuth``) signed by
+    ``ca.key`` in ``directory``."""
     extensions = directory / f"{name}.ext"
     extensions.write_text(
         f"subjectAltName = {subject_alt_name}\n"
         "basicConstraints = critical, CA:FALSE\n"
         "keyUsage = critical, digitalSignature\n"
-        "extendedKeyUsage = serverAuth\n",
+        f"extendedKeyUsage = {usage}\n",
         encoding="utf-8",
     )
     _openssl(
@@ -99,10 +100,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @asynccontextmanager
-async def tls_api(pair: KeyPair) -> AsyncIterator[FakeApi]:
-    """conftest's fake API, served over HTTPS on 127.0.0.1 port 0 with ``pair``."""
+async def tls_api(pair: KeyPair, client_ca: Path | None = None) -> AsyncIterator[FakeApi]:
+    """conftest's fake API, served over HTTPS on 127.0.0.1 port 0 with ``pair``; with
+    ``client_ca``, only to clients with a certificate that CA signed (mutual TLS)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pair.cert, pair.key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
     fake = FakeApi()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", fake._dispatch)

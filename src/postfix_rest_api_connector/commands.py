@@ -12,6 +12,7 @@ from .config.settings import (
     backend_settings,
     cache_settings,
     decoder_limits,
+    read_auth_headers,
     reply_options,
     service_settings,
     shared_cache_settings,
@@ -40,14 +41,29 @@ EX_TEMPFAIL = 75
 """sysexits.h: the lookup failed (Postfix would defer); 0 is found, 1 not found, like postmap."""
 
 
-def _token_source(endpoint: EndpointConfig) -> str:
+def _token_source(endpoint: EndpointConfig) -> str | None:
     if endpoint.auth_token is not None:
         return "inline"
     if endpoint.auth_token_file is not None:
         return f"file {endpoint.auth_token_file}"
     if endpoint.auth_token_env is not None:
         return f"env {endpoint.auth_token_env}"
-    return "none"
+    return None
+
+
+def _auth_summary(endpoint: EndpointConfig) -> str:
+    """How the endpoint authenticates to its API: header names, the user name, the
+    certificate's path; never a value."""
+    kinds = []
+    if (token := _token_source(endpoint)) is not None:
+        kinds.append(f"x-auth-token {token}")
+    if endpoint.headers:
+        kinds.append(f"headers {', '.join(endpoint.headers)}")
+    if endpoint.basic_auth is not None:
+        kinds.append(f"basic-auth {endpoint.basic_auth.username}")
+    if endpoint.tls_client_cert is not None:
+        kinds.append(f"tls-client-cert {endpoint.tls_client_cert}")
+    return "; ".join(kinds) or "none"
 
 
 def check_config(config: Config, path: str) -> int:
@@ -56,7 +72,7 @@ def check_config(config: Config, path: str) -> int:
     for endpoint in config.endpoints:
         print(
             f"  {endpoint.name}: {endpoint.mode} on {endpoint.listen_description} -> "
-            f"{endpoint.target_for_logs} (token: {_token_source(endpoint)},"
+            f"{endpoint.target_for_logs} (auth: {_auth_summary(endpoint)},"
             f" timeout {endpoint.request_timeout} ms{_login_summary(endpoint)})"
         )
     shared = config.shared_cache
@@ -105,7 +121,9 @@ async def query(
         return 2
     if isinstance(request, Malformed):  # the sasl codec refused it: no API call
         return _refused(endpoint, request)
-    backend = RestBackend(backend_settings(endpoint, config.user_agent, endpoint.token()))
+    backend = RestBackend(
+        backend_settings(endpoint, config.user_agent, read_auth_headers(endpoint))
+    )
     service = EndpointService(
         endpoint.name, backend, service_settings(endpoint), open_cache(cache_settings(endpoint))
     )

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import ssl
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
 
 from ..httpclient import headers
+from ..httpclient.reqwest import identity_accepted
 from ..protocols.modes import MODE_KEYS, MODES, Call, modes_accepting
-from .schema import Config, EndpointConfig, SharedCacheConfig
+from .schema import MAX_SECRET_BYTES, Config, EndpointConfig, SharedCacheConfig, reveal
 
 
 def _token_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
@@ -49,6 +55,117 @@ def _printable_ascii(token: str) -> bool:
     )
 
 
+_CONNECTOR_FIELDS = frozenset({"user-agent", "accept", "accept-encoding", "content-type"})
+"""Sent by the connector itself (``User-Agent`` from its own key): a second one would be
+ambiguous. ``X-Request-Id`` too, and with an auth-token ``X-Auth-Token``."""
+_MAX_NAME = 256
+
+
+def _shown(name: str) -> str:
+    """A header name as a key path shows it: escaped unless it is a valid name, so that an
+    injection attempt cannot break the error line it is reported in."""
+    if 0 < len(name) <= _MAX_NAME and name.isascii() and name.isprintable() and " " not in name:
+        return name
+    return ascii(name[:64])
+
+
+def _header_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
+    """Names and values that can be sent, each once, none the connector sets itself; values
+    from files and variables are read now, so that a missing one shows at start."""
+    connector_fields = {*_CONNECTOR_FIELDS, "x-request-id"}
+    if endpoint.auth_token or endpoint.auth_token_file or endpoint.auth_token_env:
+        connector_fields.add("x-auth-token")
+    seen: set[str] = set()
+    for name, value in endpoint.headers.items():
+        lowered = name.lower()
+        here = f"{where}.headers.{_shown(name)}"
+        problem = headers.name_problem(name)
+        if problem is None and len(name) > _MAX_NAME:
+            problem = f"must be at most {_MAX_NAME} characters"
+        elif problem is None and lowered in connector_fields:
+            problem = f"{name} is set by the connector itself"
+        elif problem is None and lowered in seen:
+            problem = "given twice (header names are case-insensitive)"
+        seen.add(lowered)
+        if problem is not None:
+            yield f"{here}: {problem}"
+        else:
+            source = "" if isinstance(value, SecretStr) else ".env" if value.env else ".file"
+            yield from _secret_problems(partial(reveal, value), here + source, header=True)
+    basic = endpoint.basic_auth
+    if basic is not None and "authorization" in seen:
+        yield f"{where}.basic-auth: sends the Authorization header: remove it from headers"
+    if basic is not None:
+        key = f"{where}.basic-auth.{'password-env' if basic.password_env else 'password-file'}"
+        yield from _secret_problems(basic.password, key, header=False)
+
+
+def _secret_problems(read: Callable[[], str], key: str, *, header: bool) -> Iterator[str]:
+    """A secret that can be read now and sent: a header value one line of printable ASCII, a
+    password anything but empty (it goes base64-encoded)."""
+    try:
+        secret = read()
+    except KeyError as error:
+        yield f"{key}: environment variable {error.args[0]} is not set"
+        return
+    except (OSError, UnicodeDecodeError) as error:
+        yield f"{key}: cannot read: {error.__class__.__name__}"
+        return
+    except ValueError as error:
+        yield f"{key}: {error}"
+        return
+    problem = headers.value_problem(secret) if header else None
+    if problem is not None:
+        yield f"{key}: {problem}"
+    elif len(secret.encode()) > MAX_SECRET_BYTES:
+        yield f"{key}: longer than {MAX_SECRET_BYTES} bytes"
+    elif header and not _printable_ascii(secret):
+        yield f"{key}: must be one line of printable ASCII, not empty"
+    elif not secret:
+        yield f"{key}: must not be empty"
+
+
+class _EncryptedKey(Exception):
+    """``ssl`` asked for the key's passphrase: the connector has none to give."""
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
+
+
+def _client_cert_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
+    """The certificate and key load as a pair (in ``ssl`` and in pyreqwest, which sends them),
+    and only where TLS is spoken."""
+    cert, key = endpoint.tls_client_cert, endpoint.tls_client_key
+    if cert is None:
+        if key is not None:
+            yield f"{where}.tls-client-key: needs tls-client-cert"
+        return
+    if urlsplit(endpoint.target).scheme != "https":
+        yield (
+            f"{where}.tls-client-cert: needs an https:// target (the certificate is sent in"
+            " the TLS handshake, which http:// has not)"
+        )
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+        pem = endpoint.client_identity() or b""
+    except _EncryptedKey:
+        where_key = f"{where}.tls-client-key" if key is not None else f"{where}.tls-client-cert"
+        yield f"{where_key}: the private key is encrypted: give it unencrypted"
+        return
+    except (OSError, ssl.SSLError) as error:
+        reason = getattr(error, "reason", None) or error.strerror or error.__class__.__name__
+        yield (
+            f"{where}.tls-client-cert: cannot load it and its key as a pair (PEM, the key"
+            f" unencrypted and matching the certificate): {reason}"
+        )
+        return
+    if not identity_accepted(pem):
+        yield f"{where}.tls-client-cert: not a PEM certificate and key the HTTP client accepts"
+
+
 def cross_checks(config: Config) -> Iterator[str]:
     if not config.endpoints:
         yield "endpoints: must list at least one endpoint"
@@ -79,6 +196,8 @@ def cross_checks(config: Config) -> Iterator[str]:
         ):
             yield f"{where}.bind-port: {endpoint.listen_description} is the metrics listener's"
         yield from _token_problems(endpoint, where)
+        yield from _header_problems(endpoint, where)
+        yield from _client_cert_problems(endpoint, where)
         yield from _mode_problems(endpoint, where)
         if config.shared_cache is not None and ":" in endpoint.name:
             yield f"{where}.name: must not contain ':' with shared-cache (it is part of the keys)"

@@ -19,9 +19,11 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     FilePath,
     SecretStr,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -106,6 +108,99 @@ def _check_failure_action(action: str) -> str:
 
 Milliseconds = Annotated[int, Field(strict=True)]
 
+MAX_SECRET_BYTES = 16 * 1024
+"""A header value or password read from a file: far more than any credential needs."""
+
+
+def read_secret(file: Path | None, env: str | None) -> str:
+    """The secret in ``file`` (stripped, as ``auth-token-file``) or in the variable ``env``.
+    Raises ``OSError``, ``UnicodeDecodeError``, ``KeyError`` (no such variable) or ``ValueError``
+    (too long); none of them carries the secret."""
+    if file is None:
+        return os.environ[env or ""]
+    with file.open("rb") as opened:
+        data = opened.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"longer than {MAX_SECRET_BYTES} bytes")
+    return data.decode("utf-8").strip()
+
+
+class SecretSource(BaseModel):
+    """A header value kept out of the config file: ``{"file": PATH}`` or ``{"env": NAME}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    file: FilePath | None = None
+    env: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("file: give exactly one of file, env")
+        return self
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _path_from_string(cls, value: object) -> object:
+        return Path(value) if isinstance(value, str) else value
+
+    def read(self) -> str:
+        return read_secret(self.file, self.env)
+
+
+def reveal(value: SecretStr | SecretSource) -> str:
+    """A header value: the literal one, or read now from its file or variable."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value.read()
+
+
+def _value_kind(value: object) -> str | None:
+    if isinstance(value, str | SecretStr):
+        return "function-string"
+    return "function-object" if isinstance(value, dict | SecretSource) else None
+
+
+HeaderValue = Annotated[
+    Annotated[SecretStr, Tag("function-string")] | Annotated[SecretSource, Tag("function-object")],
+    Discriminator(
+        _value_kind,
+        custom_error_type="header_value",
+        custom_error_message='must be a string, {"file": PATH} or {"env": NAME}',
+    ),
+]
+"""A literal value or where to read it. The tags start with ``function-`` so that, like
+pydantic's own validator names, they stay out of the key path of an error."""
+
+
+def _check_username(name: str) -> str:
+    if ":" in name or headers.value_problem(name) is not None:
+        raise ValueError("must not contain ':' or control characters")
+    return name
+
+
+class BasicAuthConfig(BaseModel):
+    """``Authorization: Basic`` (RFC 7617) from a user name and a password kept out of the file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    username: Annotated[str, AfterValidator(_check_username)] = Field(min_length=1, max_length=256)
+    """No colon: it separates the user name from the password."""
+    password_file: FilePath | None = Field(None, alias="password-file")
+    password_env: str | None = Field(None, alias="password-env", min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BasicAuthConfig:
+        if (self.password_file is None) == (self.password_env is None):
+            raise ValueError("password-file: give exactly one of password-file, password-env")
+        return self
+
+    @field_validator("password_file", mode="before")
+    @classmethod
+    def _path_from_string(cls, value: object) -> object:
+        return Path(value) if isinstance(value, str) else value
+
+    def password(self) -> str:
+        return read_secret(self.password_file, self.password_env)
+
 
 class EndpointConfig(BaseModel):
     """One listener and the REST target it asks."""
@@ -127,6 +222,10 @@ class EndpointConfig(BaseModel):
     auth_token: SecretStr | None = Field(None, alias="auth-token")
     auth_token_file: FilePath | None = Field(None, alias="auth-token-file")
     auth_token_env: str | None = Field(None, alias="auth-token-env", min_length=1)
+    headers: dict[str, HeaderValue] = Field(default_factory=dict, max_length=32)
+    basic_auth: BasicAuthConfig | None = Field(None, alias="basic-auth")
+    tls_client_cert: FilePath | None = Field(None, alias="tls-client-cert")
+    tls_client_key: FilePath | None = Field(None, alias="tls-client-key")
     request_timeout: Milliseconds = Field(2000, alias="request-timeout", ge=1, le=99_000)
     """Below Postfix's own 100 s, after which it gives up and asks again."""
     list_separator: str = Field(",", alias="list-separator")
@@ -202,6 +301,14 @@ class EndpointConfig(BaseModel):
             return os.environ[self.auth_token_env]
         return None
 
+    def client_identity(self) -> bytes | None:
+        """``tls-client-key`` and ``tls-client-cert`` in one PEM buffer, as pyreqwest takes them
+        (the key may sit in the certificate file)."""
+        if self.tls_client_cert is None:
+            return None
+        key = self.tls_client_key.read_bytes() if self.tls_client_key is not None else b""
+        return key + b"\n" + self.tls_client_cert.read_bytes()
+
     @property
     def mode_spec(self) -> Mode:
         return MODES[self.mode]
@@ -213,7 +320,9 @@ class EndpointConfig(BaseModel):
             return self.retries
         return self.mode_spec.default_retries
 
-    @field_validator("tls_ca_file", "auth_token_file", mode="before")
+    @field_validator(
+        "tls_ca_file", "auth_token_file", "tls_client_cert", "tls_client_key", mode="before"
+    )
     @classmethod
     def _path_from_string(cls, value: object) -> object:
         return Path(value) if isinstance(value, str) else value

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from ..backend import BackendSettings
 from ..cache import CacheSettings, cache_scope
 from ..cache.shared import SharedCacheSettings
@@ -11,12 +13,13 @@ from ..httpclient import ClientSettings, Headers, StaticCredentials, Target
 from ..protocols import DecoderLimits
 from ..protocols.modes import Call, ReplyOptions
 from ..service import RetryPolicy, ServiceSettings
-from .schema import EndpointConfig, SharedCacheConfig
+from .schema import BasicAuthConfig, EndpointConfig, SharedCacheConfig, reveal
 
 
 class UnreadableFile(Exception):
-    """A file an endpoint reads (``tls-ca-file``) could not be read now, though it could when the
-    config was validated: one line naming the endpoint and the file, for a reload to log."""
+    """A file an endpoint reads (``tls-ca-file``, a secret) could not be read now, though it
+    could when the config was validated: one line naming the endpoint and the file (never a
+    secret), for a reload to log."""
 
 
 def read_ca_file(config: EndpointConfig) -> bytes | None:
@@ -32,20 +35,61 @@ def read_ca_file(config: EndpointConfig) -> bytes | None:
         ) from None
 
 
-def backend_settings(config: EndpointConfig, user_agent: str, token: str | None) -> BackendSettings:
-    """The target parsed, the CA file's certificates read now, the token as a header."""
+def read_client_identity(config: EndpointConfig) -> bytes | None:
+    """The ``tls-client-cert`` and ``tls-client-key`` PEM, read now."""
+    try:
+        return config.client_identity()
+    except OSError as error:
+        raise UnreadableFile(
+            f"endpoint {config.name}: tls-client-cert {config.tls_client_cert}: cannot read:"
+            f" {error.strerror or error}"
+        ) from None
+
+
+AuthHeaders = tuple[tuple[str, str], ...]
+
+
+def read_auth_headers(config: EndpointConfig) -> AuthHeaders:
+    """Every request's authentication headers, their files and variables read now:
+    ``X-Auth-Token``, ``headers``, ``basic-auth``. A failure names the key, never a value."""
+    key = "auth-token"
+    try:
+        token = config.token()
+        pairs = [("X-Auth-Token", token)] if token is not None else []
+        for name, value in config.headers.items():
+            key = f"headers.{name}"
+            pairs.append((name, reveal(value)))
+        if config.basic_auth is not None:
+            key = "basic-auth"
+            pairs.append(("Authorization", _basic(config.basic_auth)))
+    except (OSError, UnicodeDecodeError, KeyError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or error.__class__.__name__
+        raise UnreadableFile(f"endpoint {config.name}: {key}: cannot read: {reason}") from None
+    return tuple(pairs)
+
+
+def _basic(config: BasicAuthConfig) -> str:
+    """RFC 7617, in UTF-8 (its ``charset="UTF-8"``)."""
+    credentials = f"{config.username}:{config.password()}".encode()
+    return "Basic " + base64.b64encode(credentials).decode("ascii")
+
+
+def backend_settings(
+    config: EndpointConfig, user_agent: str, auth_headers: AuthHeaders
+) -> BackendSettings:
+    """The target parsed, the CA and client certificates read now, the auth headers checked."""
     http = ClientSettings(
         user_agent=user_agent,
         accept_json=config.mode_spec.call is not Call.POLICY,
         timeout=config.request_timeout / 1000,
         max_body_bytes=config.max_response_bytes,
         ca_pem=read_ca_file(config),
+        identity_pem=read_client_identity(config),
     )
-    token_header = (("X-Auth-Token", token),) if token is not None else ()
     return BackendSettings(
         target=Target.parse(config.target),
         http=http,
-        credentials=StaticCredentials(Headers.of(token_header)),
+        credentials=StaticCredentials(Headers.of(auth_headers)),
         list_separator=config.list_separator,
         login_format=config.request_format,
     )

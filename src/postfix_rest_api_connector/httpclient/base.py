@@ -23,6 +23,8 @@ class ClientSettings:
     timeout: float
     max_body_bytes: int
     ca_pem: bytes | None = field(default=None, repr=False)
+    identity_pem: bytes | None = field(default=None, repr=False)
+    """A client certificate and its private key, for APIs that ask for one (mTLS)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,8 @@ class ReqwestClient:
         )
         if settings.ca_pem is not None:
             builder = builder.add_root_certificate_pem(settings.ca_pem)
+        if settings.identity_pem is not None:
+            builder = builder.identity_pem(settings.identity_pem)
         self._client = builder.build()
 
     def get(
@@ -130,3 +132,13 @@ def _http_error(error: PyreqwestError) -> HttpError:
     if isinstance(error, NetworkError):
         return ConnectionClosed("API connection failed")
     return InvalidResponse(type(error).__name__)
+
+
+def identity_accepted(pem: bytes) -> bool:
+    """Whether pyreqwest takes ``pem`` as a client certificate and its key (checked at start:
+    the OpenSSL that checks the pair first accepts forms rustls does not)."""
+    try:
+        ClientBuilder().identity_pem(pem)
+    except ValueError:
+        return False
+    return True

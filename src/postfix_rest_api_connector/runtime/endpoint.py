@@ -21,7 +21,9 @@ from ..config.settings import (
     cache_settings,
     connection_limits,
     decoder_limits,
+    read_auth_headers,
     read_ca_file,
+    read_client_identity,
     reply_options,
     service_settings,
     uses_shared_cache,
@@ -137,10 +139,11 @@ class Endpoint:
         """The process's shared cache tier, if this endpoint uses it."""
         self._shared_port = shared_port
         """Other workers listen on the same TCP port (``SO_REUSEPORT``)."""
-        self._token = config.token()
+        self._auth_headers = read_auth_headers(config)
         self._ca_pem = read_ca_file(config)
-        """What a reload compares: a CA file rotated in place keeps its path, not its contents."""
-        self._backend = RestBackend(backend_settings(config, user_agent, self._token))
+        self._identity_pem = read_client_identity(config)
+        """What a reload compares: a file rotated in place keeps its path, not its contents."""
+        self._backend = RestBackend(backend_settings(config, user_agent, self._auth_headers))
         cache = open_cache(cache_settings(config))
         fleet = None
         self._unregister: Callable[[], None] | None = None
@@ -183,13 +186,14 @@ class Endpoint:
     def configured_as(
         self, config: EndpointConfig, user_agent: str, shared_tier: SharedTier | None = None
     ) -> bool:
-        """Whether a reload may keep this endpoint as it is (the token and CA files re-read)."""
+        """Whether a reload may keep this endpoint as it is (secrets and certificates re-read)."""
         return (
             config == self.config
             and user_agent == self.user_agent
             and (shared_tier if uses_shared_cache(config) else None) is self.shared_tier
-            and (config.token() == self._token)
+            and read_auth_headers(config) == self._auth_headers
             and read_ca_file(config) == self._ca_pem
+            and read_client_identity(config) == self._identity_pem
         )
 
     def _bind(self) -> list[socket.socket]:

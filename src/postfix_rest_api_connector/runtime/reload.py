@@ -1,7 +1,8 @@
 """Applying a new config to a running daemon (SIGHUP): all of it, or none of it.
 
-Endpoints are matched by name. One whose config, user agent, token and CA certificates (files
-re-read) are equal is kept as it is, with its connections. For the others, the new endpoints
+Endpoints are matched by name. One whose config, user agent, secrets (token, headers, basic
+password) and certificates (CA, client) are equal, files re-read, is kept as it is, with its
+connections. For the others, the new endpoints
 start first; a changed one on the same address takes over duplicates of its predecessor's
 listening sockets (``listeners.duplicates``), so no connection attempt is refused. One whose
 name systemd passed a socket for gets duplicates of that socket, which the daemon holds until it
@@ -75,7 +76,7 @@ async def apply(current: Serving, new: Config, build: Builder) -> Serving:
     handed_over: dict[Endpoint, Endpoint] = {}
     """A retiring endpoint whose listening sockets a new one took: its successor."""
     try:
-        # configured_as re-reads token and CA files: one unreadable since the config was
+        # configured_as re-reads secrets and certificates: one unreadable since the config was
         # validated fails the reload in one line (UnreadableFile), as below
         kept = {
             config.name: running[config.name]
