@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import FakeApi, endpoint_config, write_config
+from postfix_rest_api_connector.cache.pipelined import MAX_UNPARSED_BYTES
 from postfix_rest_api_connector.cache.shared import (
     FAILURES_IN_A_ROW,
     SharedCacheSettings,
@@ -430,3 +431,87 @@ async def test_the_lock_step_gives_a_fresh_entry_and_locks_past_a_stale_one(
     assert isinstance(got_stale, str), "a stale entry is fetched again, under the lock"
     assert isinstance(got_junk, str), "garbage counts as no entry: fetched under the lock"
     assert other_target is True
+
+
+# the read path's own connection (cache/pipelined.py)
+
+
+async def test_reads_authenticate_with_username_and_password_and_use_the_urls_database(
+    redis: RedisServer,
+) -> None:
+    """The read path connects on its own: it must log in as the rest does, and read the URL's
+    database; a wrong password is no entry, counted, never a hit."""
+    await redis.cli("ACL", "SETUSER", "reader", "on", ">r3ader", "~*", "&*", "+@all")
+    await redis.cli("ACL", "SETUSER", "default", "off")  # only the reader may log in now
+    url = f"redis://127.0.0.1:{redis.port}/3"
+    settings = SharedCacheSettings(
+        url=url, key_prefix=PREFIX, timeout=TIMEOUT * 10, username="reader", password="r3ader"
+    )
+    tier = SharedTier(settings)
+    wrong = SharedTier(
+        SharedCacheSettings(
+            url=url, key_prefix=PREFIX, timeout=TIMEOUT * 10, username="reader", password="wrong"
+        )
+    )
+    try:
+        rkey = tier.key("e", None, b"k")
+        await tier.publish(rkey, entry("v"), 60.0, None)
+        found = await tier.get(rkey, TARGET)
+        refused = await wrong.get(rkey, TARGET)
+        in_db_3 = await redis.cli(
+            "--user", "reader", "--pass", "r3ader", "-n", "3", "EXISTS", rkey.decode()
+        )
+    finally:
+        await tier.close()
+        await wrong.close()
+    assert found is not None
+    assert found.outcome == Found("v")
+    assert in_db_3 == "1"
+    assert refused is None
+    assert wrong.stats.hits == 0
+    assert wrong.stats.errors["other"] >= 1
+
+
+async def test_a_reply_too_large_to_be_an_entry_closes_the_read_connection_only(
+    redis: RedisServer,
+) -> None:
+    tier = SharedTier(SharedCacheSettings(url=redis.url, key_prefix=PREFIX, timeout=2.0))
+    try:
+        huge, small = tier.key("e", None, b"huge"), tier.key("e", None, b"small")
+        await tier.publish(small, entry("v"), 60.0, None)
+        await tier._client.set(huge, b"x" * (MAX_UNPARSED_BYTES + 1024))
+        assert await tier.get(huge, TARGET) is None
+        assert tier.stats.errors["garbage"] == 1
+        found = await tier.get(small, TARGET)  # a new connection for the next read
+    finally:
+        await tier.close()
+    assert found is not None
+    assert found.outcome == Found("v")
+    assert tier.stats.available
+
+
+async def test_a_timed_out_read_fails_every_batch_on_its_connection_and_the_next_reconnects(
+    redis: RedisServer,
+) -> None:
+    """Replies come in order on one connection: once one is late, the later ones could not be
+    matched to their batch, so all of them fail and the connection is dropped."""
+    tier = await open_tier(redis.url)
+    try:
+        rkey = tier.key("e", None, b"k")
+        await tier.publish(rkey, entry("v"), 60.0, None)
+        assert await tier.get(rkey, TARGET) is not None  # connected
+        pause = asyncio.ensure_future(redis.cli("DEBUG", "SLEEP", "0.3"))
+        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(tier.get(rkey, TARGET))
+        while not tier._reads:  # noqa: ASYNC110 - its read is queued (this loop's own state)
+            await asyncio.sleep(0)
+        while tier._reads:  # noqa: ASYNC110 - and written: the next goes in a batch of its own
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(tier.get(rkey, TARGET))
+        assert (await first, await second) == (None, None)
+        await pause
+        again = await tier.get(rkey, TARGET)
+    finally:
+        await tier.close()
+    assert tier.stats.errors["timeout"] == 2
+    assert again is not None

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from ..core.model import Found, NotFound, TemporaryError
 from ..core.stats import SharedTierStats
+from .pipelined import PipelinedReads, ReadFailed, Server, Values
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ lookup that finds none free goes without the shared tier at once (``busy``) rath
 in line: redis-py's blocking pool measured 1.6 times the CPU per operation under contention."""
 MAX_BATCH = 256
 """Keys read in one ``MGET``. The reads that lookups start in one turn of the event loop go
-together: one round trip and one reply to parse instead of one per lookup, which measured about
-a tenth of redis-py's CPU per read at 50 concurrent lookups (docs/performance.md)."""
+together, on a connection of their own (``pipelined``): one round trip and one reply to parse
+instead of one per lookup (docs/performance.md)."""
 ENTRY_VERSION = 1
 
 _LOCK_UNLESS_FRESH = """
@@ -170,6 +171,9 @@ class SharedTier:
             health_check_interval=0,
         )
         self._client = Redis.from_pool(pool)  # closing the client closes its connections
+        self._reads_on_own_connection = PipelinedReads(
+            Server.of(settings.url, settings.username, settings.password), settings.timeout
+        )
         self._unlock = self._client.register_script(_UNLOCK)
         self._lock = self._client.register_script(_LOCK_UNLESS_FRESH)
         self._invalidated: dict[str, Invalidated] = {}
@@ -180,7 +184,7 @@ class SharedTier:
         self._probe: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        """Stores, publications and batched reads under way, awaited by ``close``."""
+        """Stores and publications under way, awaited by ``close``."""
         self._reads: dict[bytes, list[asyncio.Future[Any]]] = {}
         """Keys to read in the next ``MGET``, each with the lookups waiting for it."""
         self._read_scheduled = False
@@ -242,23 +246,32 @@ class SharedTier:
         self._read_batch()
 
     def _read_batch(self) -> None:
-        """One ``MGET`` for the keys asked since the last, in the background: each lookup waits
-        only for its own future."""
+        """One ``MGET`` for the keys asked since the last, pipelined (``PipelinedReads``): each
+        lookup waits only for its own future, which gets its key's value, ``None``, or
+        ``_FAILED`` for all of them (one failure of the server, counted once)."""
         reads, self._reads = self._reads, {}
-        if reads:
-            self._in_background(self._read(reads))
-
-    async def _read(self, reads: dict[bytes, list[asyncio.Future[Any]]]) -> None:
-        """Each waiting lookup gets its key's value, ``None``, or ``_FAILED`` for all of them
-        (one failure of the server, counted once)."""
+        if not reads:
+            return
         keys = list(reads)
-        values = await self._call(self._client.mget, keys)
-        if values is _FAILED or not isinstance(values, list) or len(values) != len(keys):
-            values = [_FAILED] * len(keys)
-        for key, value in zip(keys, values, strict=True):
-            for future in reads[key]:
-                if not future.done():  # a lookup cancelled meanwhile
-                    future.set_result(value)
+        started = time.perf_counter()
+
+        def delivered(values: Values | ReadFailed) -> None:
+            self.stats.latency.observe(time.perf_counter() - started)
+            if isinstance(values, ReadFailed):
+                self._failed(values.kind)
+                replies: list[Any] = [_FAILED] * len(keys)
+            else:
+                self._failures = 0
+                replies = values
+            for key, value in zip(keys, replies, strict=True):
+                for future in reads[key]:
+                    if not future.done():  # a lookup cancelled meanwhile
+                        future.set_result(value)
+
+        if not self._available or self._closed:
+            delivered(ReadFailed("connection"))  # not counted: out of the way already
+            return
+        self._reads_on_own_connection.mget(keys, delivered)
 
     async def lock(self, rkey: bytes, seconds: float, target: str) -> SharedEntry | str | bool:
         """The fresh entry another instance stored meanwhile; else a token if this instance now
@@ -343,6 +356,7 @@ class SharedTier:
         await asyncio.gather(
             *(task for task in (self._listener, self._probe) if task), return_exceptions=True
         )
+        self._reads_on_own_connection.close()
         await self._client.aclose()
 
     # the server, behind deadlines
