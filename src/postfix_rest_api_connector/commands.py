@@ -8,6 +8,7 @@ from .backend import RestBackend
 from .cache import open_cache
 from .cache.shared import SharedTier
 from .config import Config, EndpointConfig
+from .config.schema import url_for_logs
 from .config.settings import (
     backend_settings,
     cache_settings,
@@ -41,6 +42,8 @@ EX_TEMPFAIL = 75
 
 
 def _token_source(endpoint: EndpointConfig) -> str:
+    if endpoint.oauth2 is not None:
+        return f"oauth2 {url_for_logs(endpoint.oauth2.token_url)} {endpoint.oauth2.client_id}"
     if endpoint.auth_token is not None:
         return "inline"
     if endpoint.auth_token_file is not None:

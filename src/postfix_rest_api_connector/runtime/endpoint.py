@@ -22,6 +22,7 @@ from ..config.settings import (
     connection_limits,
     decoder_limits,
     read_ca_file,
+    read_client_secret,
     reply_options,
     service_settings,
     uses_shared_cache,
@@ -134,7 +135,10 @@ class Endpoint:
         self._token = config.token()
         self._ca_pem = read_ca_file(config)
         """What a reload compares: a CA file rotated in place keeps its path, not its contents."""
-        self._backend = RestBackend(backend_settings(config, user_agent, self._token))
+        self._client_secret = read_client_secret(config)
+        self._backend = RestBackend(
+            backend_settings(config, user_agent, self._token, self._client_secret)
+        )
         cache = open_cache(cache_settings(config))
         fleet = None
         self._unregister: Callable[[], None] | None = None
@@ -176,13 +180,15 @@ class Endpoint:
     def configured_as(
         self, config: EndpointConfig, user_agent: str, shared_tier: SharedTier | None = None
     ) -> bool:
-        """Whether a reload may keep this endpoint as it is (the token and CA files re-read)."""
+        """Whether a reload may keep this endpoint as it is (the token, CA and client secret
+        files re-read)."""
         return (
             config == self.config
             and user_agent == self.user_agent
             and (shared_tier if uses_shared_cache(config) else None) is self.shared_tier
             and (config.token() == self._token)
             and read_ca_file(config) == self._ca_pem
+            and read_client_secret(config) == self._client_secret
         )
 
     def _bind(self) -> list[socket.socket]:
@@ -218,6 +224,7 @@ class Endpoint:
             else:
                 server = await loop.create_server(connection, sock=sock, backlog=listeners.BACKLOG)
             self._servers.append(server)
+        self._backend.start()
         self.inherited, self.from_systemd = bool(inherited), from_systemd
         if from_systemd:
             where = ", ".join(listeners.describe(sock) for sock in self._sockets())
