@@ -44,6 +44,8 @@ class OAuth2Servers:
     """Token -> its expiry (``time.monotonic()``)."""
     issued_at: list[float] = field(default_factory=list)
     """When each token was issued (``time.monotonic()``)."""
+    api_refuses: bool = False
+    """The API answers 401 to every token."""
     api_answers: Counter[int] = field(default_factory=Counter)
     token_answer: Callable[[], Awaitable[web.StreamResponse]] | None = None
     """Replaces the grant (a broken token endpoint) once the client is authenticated."""
@@ -89,7 +91,7 @@ class OAuth2Servers:
 
     async def api(self, request: web.Request) -> web.StreamResponse:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if self.issued.get(token, 0.0) <= time.monotonic():
+        if self.api_refuses or self.issued.get(token, 0.0) <= time.monotonic():
             self.api_answers[401] += 1
             return web.json_response({"error": "invalid_token"}, status=401)
         self.api_answers[200] += 1
