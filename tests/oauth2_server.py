@@ -42,6 +42,8 @@ class OAuth2Servers:
     """Every token request, refused ones included."""
     issued: dict[str, float] = field(default_factory=dict)
     """Token -> its expiry (``time.monotonic()``)."""
+    tokens: list[str] = field(default_factory=list)
+    """Every token issued, forgotten ones too."""
     issued_at: list[float] = field(default_factory=list)
     """When each token was issued (``time.monotonic()``)."""
     api_refuses: bool = False
@@ -82,6 +84,7 @@ class OAuth2Servers:
         if self.token_answer is not None:
             return await self.token_answer()
         token = secrets.token_urlsafe(24)
+        self.tokens.append(token)
         self.issued_at.append(time.monotonic())
         self.issued[token] = self.issued_at[-1] + self.lifetime
         self.granted.set()

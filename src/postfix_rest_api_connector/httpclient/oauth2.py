@@ -34,6 +34,9 @@ MAX_TOKEN_RESPONSE = 64 * 1024
 """Bytes of a token endpoint's answer: a token response is a few hundred."""
 RETRY_AFTER_FAILURE = 1.0
 """Seconds between token requests while the token endpoint fails."""
+MIN_GRANT_INTERVAL = 1.0
+"""Seconds a new token is given for a renewal instead of another grant: an API that refuses
+every token (a wrong audience) must not cause a grant per lookup."""
 DEFAULT_LIFETIME = 3600.0
 """Seconds a token without ``expires_in`` is kept (a 401 renews it sooner)."""
 MAX_MARGIN = 30.0
@@ -82,6 +85,7 @@ class OAuth2Credentials:
         "_expires_at",
         "_failure",
         "_flight",
+        "_granted_at",
         "_headers",
         "_refresh_at",
         "_retry_at",
@@ -99,6 +103,7 @@ class OAuth2Credentials:
         self._failure: TokenUnavailable | None = None
         """Why the last grant failed; ``None`` once one succeeds."""
         self._retry_at = float("-inf")
+        self._granted_at = float("-inf")
 
     def __repr__(self) -> str:
         return f"OAuth2Credentials({self._settings.token_url_for_logs!r})"
@@ -113,11 +118,16 @@ class OAuth2Credentials:
         return self._headers if now < self._expires_at else None
 
     async def renew(self) -> Headers:
-        """A new token (or the one a renewal in flight brings): for the first request, or after
-        the API refused the current one. Raises ``TokenUnavailable``."""
+        """A new token (or the one a renewal in flight brings, or one granted less than
+        ``MIN_GRANT_INTERVAL`` ago): for the first request, or after the API refused the current
+        one. Raises ``TokenUnavailable``."""
         flight = self._flight
         if flight is None:
-            if self._failure is not None and self._clock() < self._retry_at:
+            now = self._clock()
+            recent = now - self._granted_at < MIN_GRANT_INTERVAL and now < self._expires_at
+            if recent and self._headers is not None:
+                return self._headers
+            if self._failure is not None and now < self._retry_at:
                 raise TokenUnavailable(str(self._failure))
             flight = self._start()
         return await asyncio.shield(flight)
@@ -157,6 +167,7 @@ class OAuth2Credentials:
             self._failure = None
         margin = min(MAX_MARGIN, grant.lifetime / 10)
         self._headers = grant.headers
+        self._granted_at = self._clock()
         self._expires_at = asked + grant.lifetime - margin
         self._refresh_at = self._expires_at - margin
         log.debug("endpoint %s: oauth2 token for %.1f s", settings.endpoint, grant.lifetime)

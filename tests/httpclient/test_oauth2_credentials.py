@@ -20,6 +20,7 @@ from postfix_rest_api_connector.httpclient import ClientSettings, Target
 from postfix_rest_api_connector.httpclient.oauth2 import (
     DEFAULT_LIFETIME,
     MAX_TOKEN_RESPONSE,
+    MIN_GRANT_INTERVAL,
     RETRY_AFTER_FAILURE,
     OAuth2Credentials,
     OAuth2Settings,
@@ -96,6 +97,21 @@ async def test_renewal_ahead_of_expiry_keeps_the_token_in_use_until_the_new_one(
     second = await credentials.renew()  # joins the renewal in flight
     assert second is not first
     assert credentials.current() is second
+    assert len(servers.grants) == 2
+
+
+async def test_a_renewal_right_after_a_grant_reuses_its_token(servers: OAuth2Servers) -> None:
+    """An API that refuses every token (a wrong audience) gets a grant per
+    ``MIN_GRANT_INTERVAL``, not one per lookup."""
+    servers.lifetime = 100
+    clock = Clock()
+    credentials = OAuth2Credentials(settings_for(servers.token_url), clock)
+    first = await credentials.renew()
+    clock.now += MIN_GRANT_INTERVAL - 0.01
+    assert await credentials.renew() is first
+    assert len(servers.grants) == 1
+    clock.now += 0.01
+    assert await credentials.renew() is not first
     assert len(servers.grants) == 2
 
 
