@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -102,17 +103,20 @@ class OAuth2Servers:
 
 
 @asynccontextmanager
-async def oauth2_servers(port: int = 0) -> AsyncIterator[OAuth2Servers]:
+async def oauth2_servers(
+    port: int = 0, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[OAuth2Servers]:
+    """Both on one server; HTTPS with ``ssl_context``."""
     servers = OAuth2Servers()
     app = web.Application()
     app.router.add_post("/token", servers.token)
     app.router.add_route("*", "/api", servers.api)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
     host, bound = runner.addresses[0][:2]
-    servers.url = f"http://{host}:{bound}"
+    servers.url = f"{'https' if ssl_context else 'http'}://{host}:{bound}"
     try:
         yield servers
     finally:
