@@ -265,8 +265,8 @@ async def test_a_wrong_secret_gives_temporary_errors_and_one_line_per_state_chan
         assert len(servers.grants) < lookups  # ...not once per lookup
         assert state_lines(caplog) == [
             f"endpoint users: oauth2 token endpoint {servers.token_url} fails: HTTP 401:"
-            " client-id or client secret refused (invalid_client?); requests get a temporary"
-            " error until it gives a token"
+            " client-id or client secret refused (invalid_client?); without a valid token,"
+            " requests get a temporary error until it gives one"
         ]
         servers.client_secret = "not-the-secret"  # the authorisation server accepts it now
         deadline = time.monotonic() + RETRY_AFTER_FAILURE + DEADLINE

@@ -148,8 +148,8 @@ class OAuth2Credentials:
             self._retry_at = self._clock() + RETRY_AFTER_FAILURE
             if self._failure is None:
                 log.warning(
-                    "endpoint %s: oauth2 token endpoint %s fails: %s; requests get a"
-                    " temporary error until it gives a token",
+                    "endpoint %s: oauth2 token endpoint %s fails: %s; without a valid token,"
+                    " requests get a temporary error until it gives one",
                     settings.endpoint,
                     settings.token_url_for_logs,
                     error,
