@@ -55,6 +55,18 @@ http {{
         }}
         location = /policy/0 {{ default_type text/plain; echo 'action=DUNNO'; }}
         location = /policy/30 {{ default_type text/plain; echo_sleep 0.03; echo 'action=DUNNO'; }}
+        location = /oauth2/token {{
+            default_type application/json;
+            echo '{{"access_token": "{token}", "token_type": "Bearer", "expires_in": {lifetime}}}';
+        }}
+        location = /oauth2/lookup/0 {{
+            if ($http_authorization != "Bearer {token}") {{ return 401; }}
+            default_type application/json; echo '["value"]';
+        }}
+        location = /oauth2/lookup/30 {{
+            if ($http_authorization != "Bearer {token}") {{ return 401; }}
+            default_type application/json; echo_sleep 0.03; echo '["value"]';
+        }}
     }}
 }}
 """
@@ -62,6 +74,9 @@ http {{
 MODES = {"tcp": "tcp-lookup", "socketmap": "socketmap-lookup", "policy": "policy"}
 IDLE_SETTLE = 1.0
 """Seconds a started connector is left alone before its idle memory is read."""
+OAUTH2_TOKEN = "bench-oauth2-token"  # noqa: S105 - the fake API's, not a secret
+OAUTH2_LIFETIME = 4
+"""Seconds a bench token is valid: renewed every 3.2 s, so a run includes several renewals."""
 API_ALONE = "api-alone"
 """A scenario without the connector: the load generator asks nginx itself (HTTP)."""
 
@@ -107,6 +122,9 @@ class Scenario:
     conns: int
     hot_keys: int = 0
     cache: bool = False
+    oauth2: bool = False
+    """The endpoint authenticates with an OAuth2 token from nginx's ``/oauth2/token``, and
+    nginx answers 401 to any other ``Authorization``."""
     peer: bool = False
     """Only for naming the peer's results (``--peer-src``)."""
 
@@ -114,8 +132,9 @@ class Scenario:
     def name(self) -> str:
         keys = f" hot{self.hot_keys}" if self.hot_keys else ""
         cache = " cache" if self.cache else ""
+        oauth2 = " oauth2" if self.oauth2 else ""
         peer = "peer " if self.peer else ""
-        return f"{peer}{self.mode} {self.latency_ms}ms {self.conns}c{keys}{cache}"
+        return f"{peer}{self.mode} {self.latency_ms}ms {self.conns}c{keys}{cache}{oauth2}"
 
     @property
     def bound(self) -> float | None:
@@ -193,7 +212,15 @@ def nginx_accepts(port: int) -> int:
 def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(echo_module=ECHO_MODULE, tmp=tmp, port=port))
+    conf.write_text(
+        NGINX_CONF.format(
+            echo_module=ECHO_MODULE,
+            tmp=tmp,
+            port=port,
+            token=OAUTH2_TOKEN,
+            lifetime=OAUTH2_LIFETIME,
+        )
+    )
     process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -225,6 +252,17 @@ def start_connector(
     }
     if scenario.cache:
         endpoint["cache-ttl"] = 60_000
+    if scenario.oauth2:
+        secret = tmp / "client-secret"
+        secret.write_text("bench-secret\n")
+        api = f"http://127.0.0.1:{api_port}"
+        del endpoint["auth-token"]
+        endpoint["target"] = f"{api}/oauth2/{path}/{scenario.latency_ms}"
+        endpoint["oauth2"] = {
+            "token-url": f"{api}/oauth2/token",
+            "client-id": "bench",
+            "client-secret-file": str(secret),
+        }
     config = tmp / "connector.json"
     document: dict[str, Any] = {"user-agent": "bench", "endpoints": [endpoint]}
     if workers is not None:
@@ -390,7 +428,14 @@ SCENARIO_SETS = {
         Scenario("tcp", 30, 100, hot_keys=100),
         Scenario("tcp", 30, 100, hot_keys=100, cache=True),
     ],
+    "oauth2": [
+        Scenario("tcp", latency, 100, oauth2=oauth2)
+        for latency in (0, 30)
+        for oauth2 in (False, True)
+    ],
 }
+"""``oauth2``: each plain scenario and its OAuth2 twin in turn, in every round, so that the
+CPU per request of both is measured in the same run (the ratio follows the table)."""
 
 
 def table(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -> str:
@@ -442,6 +487,21 @@ def ratios(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) 
             f"| {scenario.name} | {ratio('req_per_s')} | {ratio('cpu_us_per_req')}"
             f" | {ratio('p99_ms')} | {ratio('PSS_total')} | {ratio('PSS_idle')} |"
         )
+    return "\n".join(lines)
+
+
+def oauth2_ratios(results: dict[str, list[dict[str, Any]]], scenarios: list[Scenario]) -> str:
+    """Each OAuth2 scenario's median CPU per request against its plain twin's."""
+    lines = ["| scenario | CPU us/req: oauth2 / plain |", "|---|---|"]
+    for scenario in scenarios:
+        if scenario.oauth2:
+            plain = replace(scenario, oauth2=False).name
+
+            def cpu(name: str) -> float:
+                return float(statistics.median(run["cpu_us_per_req"] for run in results[name]))
+
+            ratio = cpu(scenario.name) / cpu(plain)
+            lines.append(f"| {scenario.name} | {ratio:.3f} |")
     return "\n".join(lines)
 
 
@@ -538,6 +598,8 @@ def main() -> int:
             nginx.wait()
     document: dict[str, Any] = {"connector": build, "loadgen": capacity, "results": results}
     report = [table(results, scenarios)]
+    if any(scenario.oauth2 for scenario in scenarios):
+        report.append(oauth2_ratios(results, scenarios))
     if peer is not None:
         document["peer"] = " ".join(peer.argv)
         connector_scenarios = [s for s in scenarios if s.mode != API_ALONE]

@@ -2,7 +2,7 @@
 # The benchmark suite, one command: installs nginx with the echo module (the fake API) and the
 # connector, builds the load generator, runs every scenario 3 times and prints the table of
 # medians. Run it on an otherwise idle machine. Arguments go to bench/run.py
-# (--scenarios quick|all|hotkeys, --runs N, --duration S, --warmup S, --peer-src DIR,
+# (--scenarios quick|all|hotkeys|oauth2, --runs N, --duration S, --warmup S, --peer-src DIR,
 # --peer-cmd 'COMMAND {config}').
 # The connector measured is the one production installs, the request path compiled with mypyc
 # (.venv-compiled); `--peer-src src` runs this checkout's interpreted code beside it.

@@ -187,7 +187,15 @@ def test_the_key_check_sees_what_it_checks() -> None:
     assert entries(sections(CONFIG_PAGE)["METRICS"])["bind-port"].endswith("Required.")
     keys = model_keys()
     assert len(keys["ENDPOINTS"]) > 25
-    assert {"TOP LEVEL", "ENDPOINTS", "METRICS", "SHARED-CACHE", "ENDPOINTS.HEADERS"} <= set(keys)
+    assert {
+        "TOP LEVEL",
+        "ENDPOINTS",
+        "METRICS",
+        "SHARED-CACHE",
+        "ENDPOINTS.HEADERS",
+        "ENDPOINTS.BASIC-AUTH",
+        "ENDPOINTS.OAUTH2",
+    } <= set(keys)
 
 
 def usage_options(*command: str) -> set[str]:

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from conftest import FakeApi, endpoint_address, endpoint_config, running_connector, write_config
+from oauth2_server import CLIENT_ID, CLIENT_SECRET, oauth2_servers
 from postfix_rest_api_connector.config import load_config
 from postfix_rest_api_connector.runtime.daemon import Daemon
 
@@ -262,3 +263,37 @@ async def test_a_ca_file_gone_after_validation_fails_the_reload_in_one_line(
     ]
     assert not any(r.exc_info for r in caplog.records)
     assert "s3cret-token" not in caplog.text
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+async def test_an_https_token_endpoint_is_checked_against_the_ca_file(
+    pki: Pki, tmp_path: Path, trusted: bool
+) -> None:
+    """The token client trusts what the endpoint's client trusts (``tls-ca-file``): a token
+    endpoint whose certificate does not match is the temporary error, never "not found"."""
+    pair = pki.server if trusted else pki.wrong_name
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pair.cert, pair.key)
+    secret = tmp_path / "secret"
+    secret.write_text(CLIENT_SECRET, encoding="utf-8")
+    async with oauth2_servers(ssl_context=context) as servers:
+        endpoint = endpoint_config(
+            "tcp-lookup",
+            servers.api_url,
+            **{"tls-ca-file": str(pki.ca_cert)},
+            oauth2={
+                "token-url": servers.token_url,
+                "client-id": CLIENT_ID,
+                "client-secret-file": str(secret),
+            },
+        )
+        del endpoint["auth-token"]
+        async with running_connector(endpoint) as daemon:
+            reply = await ask("tcp-lookup", endpoint_address(daemon), "k")
+        await asyncio.sleep(0.1)  # uvloop's TLS close_notify, as in tls_api
+    if trusted:
+        assert reply == b"200 value-of-k\n"
+        assert len(servers.grants) == 1
+    else:
+        assert reply.startswith(b"400 OAuth2%20token%20endpoint%20failed"), reply
+        assert servers.grants == []

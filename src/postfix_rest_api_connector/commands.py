@@ -8,6 +8,7 @@ from .backend import RestBackend
 from .cache import open_cache
 from .cache.shared import SharedTier
 from .config import Config, EndpointConfig
+from .config.schema import url_for_logs
 from .config.settings import (
     backend_settings,
     cache_settings,
@@ -57,6 +58,8 @@ def _auth_summary(endpoint: EndpointConfig) -> str:
     kinds = []
     if (token := _token_source(endpoint)) is not None:
         kinds.append(f"x-auth-token {token}")
+    if (oauth2 := endpoint.oauth2) is not None:
+        kinds.append(f"oauth2 {url_for_logs(oauth2.token_url)} {oauth2.client_id}")
     if endpoint.headers:
         kinds.append(f"headers {', '.join(endpoint.headers)}")
     if endpoint.basic_auth is not None:

@@ -131,7 +131,7 @@ class ConnectorCollector(Collector):
         )
         errors = CounterMetricFamily(
             f"{PREFIX}_api_errors",
-            "API calls without a usable answer (timeout, too-large, transport)",
+            "API calls without a usable answer (timeout, too-large, transport, oauth2-token)",
             labels=["endpoint", "kind"],
         )
         latency = HistogramMetricFamily(

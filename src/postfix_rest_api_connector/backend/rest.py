@@ -6,8 +6,9 @@ Lookups are ``GET target?key=K`` (socketmap adds ``name=MAP`` first); policy is 
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..core.model import (
@@ -23,6 +24,7 @@ from ..core.stats import ApiStats
 from ..httpclient import (
     ClientSettings,
     Credentials,
+    Headers,
     HttpError,
     HttpResponse,
     RequestTimeout,
@@ -30,9 +32,13 @@ from ..httpclient import (
     Target,
     open_client,
 )
+from ..httpclient.oauth2 import TokenUnavailable
 from .contract import cache_max_age, lookup_outcome, policy_outcome
 from .encoding import form_body, lookup_query
 from .login import RequestFormat, login_body, login_outcome
+
+Send = Callable[[Headers, float | None], Awaitable[HttpResponse]]
+"""One request, with these headers, within this budget (``None``: the endpoint's timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,9 @@ class BackendSettings:
     list_separator: str
     login_format: RequestFormat = "form"
     """sasl: the login as a form or as JSON (``request-format``)."""
+    renews_on_401: bool = False
+    """OAuth2: a 401 means the token went stale: renewed, the request sent once more, and a
+    401 again is a temporary error (the API, not the key, is at fault), never "not found"."""
 
 
 class RestBackend:
@@ -56,15 +65,20 @@ class RestBackend:
         self._login_format = settings.login_format
         self._target = settings.target
         self._credentials = settings.credentials
+        self._renews_on_401 = settings.renews_on_401
+        self._timeout = settings.http.timeout
         self._client = open_client(settings.target, settings.http)
         self.stats = ApiStats()
 
     async def lookup(self, request: LookupRequest, request_id: str, budget: float | None) -> Answer:
         """``budget`` is the time left for a retry; ``None`` (a first attempt) leaves the
         endpoint's own ``request-timeout``."""
-        headers = self._credentials.current() or await self._credentials.renew()
-        sent = self._client.get(self._target, lookup_query(request), headers, request_id, budget)
-        response = await self._ask(sent)
+        query = lookup_query(request)
+
+        def send(headers: Headers, budget: float | None) -> Awaitable[HttpResponse]:
+            return self._client.get(self._target, query, headers, request_id, budget)
+
+        response = await self._ask(send, budget)
         if not isinstance(response, HttpResponse):
             return Answer(response)
         outcome = lookup_outcome(
@@ -76,9 +90,12 @@ class RestBackend:
         self, request: PolicyRequest, request_id: str, budget: float | None
     ) -> Answer:
         """A policy answer is never cached: its ``max_age`` stays ``None``."""
-        headers = self._credentials.current() or await self._credentials.renew()
-        sent = self._client.post_form(self._target, form_body(request), headers, request_id, budget)
-        response = await self._ask(sent)
+        body = form_body(request)
+
+        def send(headers: Headers, budget: float | None) -> Awaitable[HttpResponse]:
+            return self._client.post_form(self._target, body, headers, request_id, budget)
+
+        response = await self._ask(send, budget)
         if not isinstance(response, HttpResponse):
             return Answer(response)
         return Answer(policy_outcome(response.status, response.body))
@@ -87,12 +104,14 @@ class RestBackend:
         self, request: LoginRequest, request_id: str, budget: float | None
     ) -> Answer:
         """A login is never cached by the API's say-so: its ``max_age`` stays ``None``."""
-        headers = self._credentials.current() or await self._credentials.renew()
         body, content_type = login_body(request, self._login_format)
-        sent = self._client.post(
-            self._target, body, headers, request_id, budget, content_type=content_type
-        )
-        response = await self._ask(sent)
+
+        def send(headers: Headers, budget: float | None) -> Awaitable[HttpResponse]:
+            return self._client.post(
+                self._target, body, headers, request_id, budget, content_type=content_type
+            )
+
+        response = await self._ask(send, budget)
         if not isinstance(response, HttpResponse):
             return Answer(response)
         outcome = login_outcome(
@@ -100,16 +119,39 @@ class RestBackend:
         )
         return Answer(outcome)
 
-    async def _ask(self, sent: Awaitable[HttpResponse]) -> HttpResponse | Failure:
-        """The response, or the failure as an outcome; timed and counted either way."""
+    def start(self) -> None:
+        """Credentials that must be obtained (an OAuth2 token) are asked for now, so that the
+        first request need not wait; if that fails, the first requests ask again."""
+        self._credentials.current()
+
+    async def _ask(self, send: Send, budget: float | None) -> HttpResponse | Failure:
+        """The response, or the failure as an outcome; timed and counted either way.
+
+        Headers the credentials must obtain first (a token) are waited for within the
+        attempt's budget. With ``renews_on_401``, a 401 renews them (or takes those a
+        concurrent renewal brought) and the request goes once more, in what is left of it."""
         started = time.perf_counter()
+        allowed = self._timeout if budget is None else budget
+        credentials = self._credentials
         try:
-            response = await sent
+            headers = credentials.current()
+            if headers is None:
+                headers = await _renewed(credentials, allowed)
+                budget = _left(started, allowed)
+            response = await send(headers, budget)
+            if response.status == 401 and self._renews_on_401:
+                self.stats.responses[401] += 1
+                fresh = credentials.current()
+                if fresh is None or fresh is headers:  # nobody renewed since: this one does
+                    fresh = await _renewed(credentials, _left(started, allowed))
+                response = await send(fresh, _left(started, allowed))
         except HttpError as error:
             return self._failure(error)
         finally:
             self.stats.latency.observe(time.perf_counter() - started)
         self.stats.responses[response.status] += 1
+        if response.status == 401 and self._renews_on_401:
+            return TemporaryError("API refused a new OAuth2 token (HTTP 401)")
         return response
 
     def _failure(self, error: HttpError) -> Failure:
@@ -120,8 +162,28 @@ class RestBackend:
         if isinstance(error, ResponseTooLarge):
             self.stats.errors["too-large"] += 1
             return TemporaryError("API answer exceeds max-response-bytes")
+        if isinstance(error, TokenUnavailable):
+            self.stats.errors["oauth2-token"] += 1
+            return TemporaryError(f"OAuth2 token endpoint failed: {error}")
         self.stats.errors["transport"] += 1
         return TemporaryError(f"API request failed: {type(error).__name__}")
 
     async def close(self) -> None:
         await self._client.close()
+
+
+async def _renewed(credentials: Credentials, seconds: float) -> Headers:
+    """Renewed headers, waited for ``seconds`` at most."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await credentials.renew()
+    except TimeoutError:
+        raise RequestTimeout("API did not answer in time") from None
+
+
+def _left(started: float, allowed: float) -> float:
+    """Seconds left of an attempt's budget; ``RequestTimeout`` if none."""
+    left = allowed - (time.perf_counter() - started)
+    if left <= 0:
+        raise RequestTimeout("API did not answer in time")
+    return left

@@ -45,6 +45,31 @@ def _token_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
         yield f"{where}.{sources[0]}: must be one line of printable ASCII, not empty"
 
 
+def _oauth2_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
+    """The client secret must be there now, not at the first token request; and one kind of
+    API credentials per endpoint."""
+    oauth2 = endpoint.oauth2
+    if oauth2 is None:
+        return
+    if endpoint.model_fields_set & {"auth_token", "auth_token_file", "auth_token_env"}:
+        yield f"{where}.oauth2: give either oauth2 or an auth-token, not both"
+    if endpoint.basic_auth is not None:
+        yield f"{where}.oauth2: sends the Authorization header: give either oauth2 or basic-auth"
+    if any(name.lower() == "authorization" for name in endpoint.headers):
+        yield f"{where}.oauth2: sends the Authorization header: remove it from headers"
+    source = "client-secret-file" if oauth2.client_secret_file else "client-secret-env"
+    if oauth2.client_secret_env is not None and oauth2.client_secret_env not in os.environ:
+        yield f"{where}.oauth2.{source}: environment variable {oauth2.client_secret_env} is not set"
+        return
+    try:
+        secret = oauth2.client_secret()
+    except (OSError, UnicodeDecodeError) as error:
+        yield f"{where}.oauth2.{source}: cannot read: {error.__class__.__name__}"
+        return
+    if not secret or headers.value_problem(secret) is not None:
+        yield f"{where}.oauth2.{source}: must be one line without control characters, not empty"
+
+
 def _printable_ascii(token: str) -> bool:
     """A header value, and one that survives being written to a file and read back."""
     return (
@@ -198,6 +223,7 @@ def cross_checks(config: Config) -> Iterator[str]:
         yield from _token_problems(endpoint, where)
         yield from _header_problems(endpoint, where)
         yield from _client_cert_problems(endpoint, where)
+        yield from _oauth2_problems(endpoint, where)
         yield from _mode_problems(endpoint, where)
         if config.shared_cache is not None and ":" in endpoint.name:
             yield f"{where}.name: must not contain ':' with shared-cache (it is part of the keys)"

@@ -202,6 +202,55 @@ class BasicAuthConfig(BaseModel):
         return read_secret(self.password_file, self.password_env)
 
 
+def url_for_logs(url: str) -> str:
+    """A URL without user info or query string, which may carry secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class OAuth2Config(BaseModel):
+    """The client-credentials grant (RFC 6749 section 4.4): the API's bearer token comes from
+    ``token-url``, renewed before it expires."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    token_url: Annotated[str, AfterValidator(_check_target)] = Field(alias="token-url")
+    client_id: Annotated[str, AfterValidator(_check_header_text)] = Field(
+        alias="client-id", min_length=1, max_length=1000
+    )
+    client_secret_file: FilePath | None = Field(None, alias="client-secret-file")
+    client_secret_env: str | None = Field(None, alias="client-secret-env", min_length=1)
+    scope: str | None = Field(None, pattern=r"^[!#-\[\]-~]+( [!#-\[\]-~]+)*$", max_length=4000)
+    """RFC 6749 section 3.3: scope tokens separated by one space."""
+    audience: Annotated[str, AfterValidator(_check_header_text)] | None = Field(
+        None, min_length=1, max_length=4000
+    )
+    client_auth: Literal["basic", "post"] = Field("basic", alias="client-auth")
+    """RFC 6749 section 2.3.1: HTTP Basic, or ``client_id`` and ``client_secret`` in the form."""
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> OAuth2Config:
+        if (self.client_secret_file is None) == (self.client_secret_env is None):
+            raise ValueError(
+                "client-secret-file: give exactly one of client-secret-file, client-secret-env"
+            )
+        return self
+
+    @field_validator("client_secret_file", mode="before")
+    @classmethod
+    def _path_from_string(cls, value: object) -> object:
+        return Path(value) if isinstance(value, str) else value
+
+    def client_secret(self) -> str:
+        """From the file or the environment, read now (both checked at load)."""
+        if self.client_secret_file is not None:
+            return self.client_secret_file.read_text(encoding="utf-8").strip()
+        return os.environ[self.client_secret_env or ""]
+
+
 class EndpointConfig(BaseModel):
     """One listener and the REST target it asks."""
 
@@ -263,6 +312,7 @@ class EndpointConfig(BaseModel):
     """From a refused login's arrival to its answer; smtpd gives up after 10 s."""
     allow_plaintext: bool = Field(False, alias="allow-plaintext")
     request_format: Literal["form", "json"] = Field("form", alias="request-format")
+    oauth2: OAuth2Config | None = None
 
     @model_validator(mode="after")
     def _one_listener(self) -> EndpointConfig:
@@ -278,11 +328,7 @@ class EndpointConfig(BaseModel):
     @property
     def target_for_logs(self) -> str:
         """The target without user info or query string, which may carry secrets."""
-        parts = urlsplit(self.target)
-        host = parts.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{host}{port}{parts.path}"
+        return url_for_logs(self.target)
 
     @property
     def listen_description(self) -> str:

@@ -9,11 +9,19 @@ from ..backend import BackendSettings
 from ..cache import CacheSettings, cache_scope
 from ..cache.shared import SharedCacheSettings
 from ..connection import Limits
-from ..httpclient import ClientSettings, Headers, StaticCredentials, Target
+from ..httpclient import ClientSettings, Credentials, Headers, StaticCredentials, Target
+from ..httpclient.oauth2 import MAX_TOKEN_RESPONSE, OAuth2Credentials, OAuth2Settings
 from ..protocols import DecoderLimits
 from ..protocols.modes import Call, ReplyOptions
 from ..service import RetryPolicy, ServiceSettings
-from .schema import BasicAuthConfig, EndpointConfig, SharedCacheConfig, reveal
+from .schema import (
+    BasicAuthConfig,
+    EndpointConfig,
+    OAuth2Config,
+    SharedCacheConfig,
+    reveal,
+    url_for_logs,
+)
 
 
 class UnreadableFile(Exception):
@@ -74,24 +82,74 @@ def _basic(config: BasicAuthConfig) -> str:
     return "Basic " + base64.b64encode(credentials).decode("ascii")
 
 
+def read_client_secret(config: EndpointConfig) -> str | None:
+    """The ``oauth2`` client secret, read now (from its file or the environment)."""
+    return None if config.oauth2 is None else _client_secret(config.name, config.oauth2)
+
+
+def _client_secret(endpoint: str, oauth2: OAuth2Config) -> str:
+    try:
+        return oauth2.client_secret()
+    except KeyError:
+        raise UnreadableFile(
+            f"endpoint {endpoint}: oauth2.client-secret-env: {oauth2.client_secret_env} is not set"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UnreadableFile(
+            f"endpoint {endpoint}: oauth2.client-secret-file {oauth2.client_secret_file}: cannot"
+            f" read: {getattr(error, 'strerror', None) or type(error).__name__}"
+        ) from None
+
+
 def backend_settings(
-    config: EndpointConfig, user_agent: str, auth_headers: AuthHeaders
+    config: EndpointConfig,
+    user_agent: str,
+    auth_headers: AuthHeaders,
+    client_secret: str | None = None,
 ) -> BackendSettings:
-    """The target parsed, the CA and client certificates read now, the auth headers checked."""
+    """The target parsed, the CA and client certificates read now, the auth headers checked;
+    with ``oauth2``, the credentials that obtain a token with ``client_secret`` (read now if not
+    given) and send it beside those headers."""
+    ca_pem = read_ca_file(config)
     http = ClientSettings(
         user_agent=user_agent,
         accept_json=config.mode_spec.call is not Call.POLICY,
         timeout=config.request_timeout / 1000,
         max_body_bytes=config.max_response_bytes,
-        ca_pem=read_ca_file(config),
+        ca_pem=ca_pem,
         identity_pem=read_client_identity(config),
     )
+    credentials: Credentials
+    oauth2 = config.oauth2
+    if oauth2 is not None:
+        token_http = ClientSettings(user_agent, True, http.timeout, MAX_TOKEN_RESPONSE, ca_pem)
+        credentials = OAuth2Credentials(
+            OAuth2Settings(
+                endpoint=config.name,
+                token_url=Target.parse(oauth2.token_url),
+                token_url_for_logs=url_for_logs(oauth2.token_url),
+                http=token_http,
+                client_id=oauth2.client_id,
+                client_secret=(
+                    client_secret
+                    if client_secret is not None
+                    else _client_secret(config.name, oauth2)
+                ),
+                scope=oauth2.scope,
+                audience=oauth2.audience,
+                client_auth=oauth2.client_auth,
+                extra_headers=auth_headers,
+            )
+        )
+    else:
+        credentials = StaticCredentials(Headers.of(auth_headers))
     return BackendSettings(
         target=Target.parse(config.target),
         http=http,
-        credentials=StaticCredentials(Headers.of(auth_headers)),
+        credentials=credentials,
         list_separator=config.list_separator,
         login_format=config.request_format,
+        renews_on_401=config.oauth2 is not None,
     )
 
 

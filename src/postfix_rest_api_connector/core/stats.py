@@ -33,7 +33,8 @@ class ApiStats:
     responses: Counter[int] = field(default_factory=Counter)
     """By HTTP status."""
     errors: Counter[str] = field(default_factory=Counter)
-    """Calls without a usable answer: ``timeout``, ``too-large`` or ``transport``."""
+    """Calls without a usable answer: ``timeout``, ``too-large``, ``transport`` or
+    ``oauth2-token``."""
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 

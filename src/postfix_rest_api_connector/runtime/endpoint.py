@@ -24,6 +24,7 @@ from ..config.settings import (
     read_auth_headers,
     read_ca_file,
     read_client_identity,
+    read_client_secret,
     reply_options,
     service_settings,
     uses_shared_cache,
@@ -142,8 +143,11 @@ class Endpoint:
         self._auth_headers = read_auth_headers(config)
         self._ca_pem = read_ca_file(config)
         self._identity_pem = read_client_identity(config)
+        self._client_secret = read_client_secret(config)
         """What a reload compares: a file rotated in place keeps its path, not its contents."""
-        self._backend = RestBackend(backend_settings(config, user_agent, self._auth_headers))
+        self._backend = RestBackend(
+            backend_settings(config, user_agent, self._auth_headers, self._client_secret)
+        )
         cache = open_cache(cache_settings(config))
         fleet = None
         self._unregister: Callable[[], None] | None = None
@@ -194,6 +198,7 @@ class Endpoint:
             and read_auth_headers(config) == self._auth_headers
             and read_ca_file(config) == self._ca_pem
             and read_client_identity(config) == self._identity_pem
+            and read_client_secret(config) == self._client_secret
         )
 
     def _bind(self) -> list[socket.socket]:
@@ -229,6 +234,7 @@ class Endpoint:
             else:
                 server = await loop.create_server(connection, sock=sock, backlog=listeners.BACKLOG)
             self._servers.append(server)
+        self._backend.start()
         self.inherited, self.from_systemd = bool(inherited), from_systemd
         if from_systemd:
             where = ", ".join(listeners.describe(sock) for sock in self._sockets())
