@@ -19,7 +19,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -137,6 +137,12 @@ class _Replies(asyncio.Protocol):
             batch.delivered(ReadFailed(kind))
 
 
+def _pack(*parts: str | bytes) -> bytes:
+    """One command in the protocol's encoding (hiredis's stub types its tuple as of one item)."""
+    command: Any = parts
+    return cast(bytes, hiredis.pack_command(command))
+
+
 def _values(reply: object, count: int) -> Values | ReadFailed:
     if isinstance(reply, ReadFailed):
         return reply
@@ -164,7 +170,7 @@ class PipelinedReads:
     def mget(self, keys: list[bytes], delivered: Delivered) -> None:
         """``delivered`` gets the values in the order of ``keys`` (``None`` for no entry) or
         ``ReadFailed``, within ``timeout``; called from the event loop, never at once."""
-        command = hiredis.pack_command(("MGET", *keys))  # type: ignore[arg-type]  # a varargs tuple
+        command = _pack("MGET", *keys)
         count = len(keys)
 
         def replied(reply: object) -> None:
@@ -231,7 +237,7 @@ class PipelinedReads:
             if not replied.done():
                 replied.set_result(reply)
 
-        connection.send(hiredis.pack_command(command), deliver, self._timeout)  # type: ignore[arg-type]
+        connection.send(_pack(*command), deliver, self._timeout)
         reply = await replied
         if reply != b"OK":
             kind = reply.kind if isinstance(reply, ReadFailed) else "other"  # refused: AUTH, db
