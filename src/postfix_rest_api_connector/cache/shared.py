@@ -433,24 +433,30 @@ class SharedTier:
 
     async def _listen(self) -> None:
         """Invalidations and answers, from a subscription renewed whenever it breaks."""
-        channels = (self.invalidate_channel, self.fetched_channel)
         while not self._closed:
             pubsub = self._client.pubsub()
+            failure: BaseException | None = None
             try:
-                await pubsub.subscribe(*channels)
-                while not self._closed:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=PROBE_INTERVAL
-                    )
-                    if message is not None:
-                        self._received(message["channel"], message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - subscribe again after a pause
-                log.debug("shared cache subscription lost: %s", _error_kind(error))
+                await self._receive(pubsub)
+            except BaseException as error:  # noqa: BLE001 - raised again once it is closed
+                failure = error
+            # not in a ``finally``: compiled with mypyc, an ``await`` there can re-raise an
+            # exception handled earlier
+            await asyncio.shield(cast(Any, pubsub).aclose())  # untyped in redis-py
+            if failure is not None and not isinstance(failure, Exception):
+                raise failure  # cancelled
+            if failure is not None:  # subscribe again after a pause
+                log.debug("shared cache subscription lost: %s", _error_kind(failure))
                 await asyncio.sleep(PROBE_INTERVAL)
-            finally:
-                await asyncio.shield(cast(Any, pubsub).aclose())  # untyped in redis-py
+
+    async def _receive(self, pubsub: Any) -> None:
+        await pubsub.subscribe(self.invalidate_channel, self.fetched_channel)
+        while not self._closed:
+            message = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=PROBE_INTERVAL
+            )
+            if message is not None:
+                self._received(message["channel"], message["data"])
 
     def _received(self, channel: bytes, data: Any) -> None:
         if not isinstance(data, bytes):

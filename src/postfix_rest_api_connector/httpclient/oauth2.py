@@ -25,7 +25,15 @@ from typing import Literal
 from urllib.parse import quote_plus, urlencode
 
 from . import open_client
-from .base import ClientSettings, HttpError, RequestTimeout, ResponseTooLarge, Target
+from .base import (
+    ClientSettings,
+    HttpClient,
+    HttpError,
+    RequestTimeout,
+    ResponseTooLarge,
+    Target,
+)
+from .codec import HttpResponse
 from .headers import NO_HEADERS, Headers
 
 log = logging.getLogger(__name__)
@@ -203,18 +211,16 @@ async def request_token(settings: OAuth2Settings) -> Grant:
     """Ask the token endpoint once, on a client of its own (a grant is rare: nothing to pool)."""
     body, headers = token_request(settings)
     client = open_client(settings.token_url, settings.http)
+    # no ``await`` in a ``finally`` (nor before a bare ``raise``): compiled with mypyc, that
+    # re-raised an exception handled earlier (a refused token endpoint's) after a success
+    failure: BaseException | None = None
     try:
-        response = await client.post_form(
-            settings.token_url, body, headers, f"oauth2-{next(_grants)}", None
-        )
-    except RequestTimeout:
-        raise TokenUnavailable("no answer in time") from None
-    except ResponseTooLarge:
-        raise TokenUnavailable(f"answer exceeds {settings.http.max_body_bytes} bytes") from None
-    except HttpError as error:
-        raise TokenUnavailable(f"request failed: {type(error).__name__}") from None
-    finally:
-        await client.close()
+        response = await _post(client, settings, body, headers)
+    except BaseException as error:  # noqa: BLE001 - raised again once the client is closed
+        failure = error
+    await client.close()
+    if failure is not None:
+        raise failure
     if response.status in {400, 401}:
         raise TokenUnavailable(
             f"HTTP {response.status}: client-id or client secret refused (invalid_client?)"
@@ -222,6 +228,23 @@ async def request_token(settings: OAuth2Settings) -> Grant:
     if response.status != 200:
         raise TokenUnavailable(f"HTTP {response.status}")
     return parse_token_response(response.body)
+
+
+async def _post(
+    client: HttpClient, settings: OAuth2Settings, body: bytes, headers: Headers
+) -> HttpResponse:
+    try:
+        return await client.post_form(
+            settings.token_url, body, headers, f"oauth2-{next(_grants)}", None
+        )
+    except RequestTimeout:
+        raise TokenUnavailable("no answer in time") from None
+    except ResponseTooLarge:
+        raise TokenUnavailable(f"answer exceeds {settings.http.max_body_bytes} bytes") from None
+    except HttpError as error:
+        if isinstance(error, TokenUnavailable):
+            raise
+        raise TokenUnavailable(f"request failed: {type(error).__name__}") from None
 
 
 def parse_token_response(body: bytes) -> Grant:
