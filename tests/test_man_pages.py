@@ -187,7 +187,7 @@ def test_the_key_check_sees_what_it_checks() -> None:
     assert entries(sections(CONFIG_PAGE)["METRICS"])["bind-port"].endswith("Required.")
     keys = model_keys()
     assert len(keys["ENDPOINTS"]) > 25
-    assert set(keys) == {"TOP LEVEL", "ENDPOINTS", "METRICS", "SHARED-CACHE"}
+    assert set(keys) == {"TOP LEVEL", "ENDPOINTS", "ENDPOINTS.MAPS", "METRICS", "SHARED-CACHE"}
 
 
 def usage_options(*command: str) -> set[str]:

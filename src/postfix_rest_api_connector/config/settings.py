@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from ..backend import BackendSettings
+from ..backend.contract import ResponseMapping
+from ..backend.routing import Route
 from ..cache import CacheSettings, cache_scope
 from ..cache.shared import SharedCacheSettings
 from ..connection import Limits
@@ -11,7 +13,7 @@ from ..httpclient import ClientSettings, Headers, StaticCredentials, Target
 from ..protocols import DecoderLimits
 from ..protocols.modes import Call, ReplyOptions
 from ..service import RetryPolicy, ServiceSettings
-from .schema import EndpointConfig, SharedCacheConfig
+from .schema import EndpointConfig, MapConfig, SharedCacheConfig
 
 
 class UnreadableFile(Exception):
@@ -43,19 +45,36 @@ def backend_settings(config: EndpointConfig, user_agent: str, token: str | None)
     )
     token_header = (("X-Auth-Token", token),) if token is not None else ()
     return BackendSettings(
-        target=Target.parse(config.target),
+        target=Target.parse(config.target) if config.target is not None else None,
         http=http,
         credentials=StaticCredentials(Headers.of(token_header)),
         list_separator=config.list_separator,
+        mapping=ResponseMapping(_steps(config.value_field), frozenset(config.not_found_status)),
+        maps={
+            name.encode(): _map_route(config, entry) for name, entry in (config.maps or {}).items()
+        },
+        policy_format=config.policy_format,
         login_format=config.request_format,
     )
+
+
+def _steps(value_field: str | None) -> tuple[str, ...] | None:
+    return tuple(value_field.split(".")) if value_field is not None else None
+
+
+def _map_route(endpoint: EndpointConfig, entry: MapConfig) -> Route:
+    """A map's own target, the key alone in its query; the endpoint's ``value-field`` and
+    ``not-found-status`` unless the map gives its own."""
+    value_field, statuses = entry.reading(endpoint.value_field, endpoint.not_found_status)
+    mapping = ResponseMapping(_steps(value_field), frozenset(statuses))
+    return Route.of(Target.parse(entry.target), mapping, names_map=False)
 
 
 def service_settings(config: EndpointConfig) -> ServiceSettings:
     return ServiceSettings(
         timeout=config.request_timeout / 1000,
         retry=RetryPolicy(config.effective_retries, config.retry_backoff / 1000),
-        cache_scope=cache_scope(config.name, config.target),
+        cache_scope=cache_scope(config.name, config.answer_source),
         cache_ttl=config.cache_ttl / 1000,
         negative_cache_ttl=config.negative_cache_ttl / 1000,
         respect_cache_control=config.cache_control,
