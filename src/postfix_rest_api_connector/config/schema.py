@@ -270,7 +270,7 @@ class EndpointConfig(BaseModel):
     def target_for_logs(self) -> str:
         """The target without user info or query string, which may carry secrets."""
         if self.target is None:
-            return "no target but maps"
+            return "its maps' targets"
         return url_for_logs(self.target)
 
     @property
