@@ -6,7 +6,7 @@ Pure: a request in, the target and query out (or the reason there is none).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..core.model import LookupRequest, PermanentError
 from ..httpclient import Target
@@ -53,4 +53,4 @@ class Route:
         for mark, encoded in _MARKS.items():
             url = url.replace(encoded, filled[mark])
             path = path.replace(encoded.encode(), filled[mark].encode())
-        return replace(self.target, url=url, path=path, get_prefix=path, url_prefix=url), ""
+        return self.target.at(url, path), ""
