@@ -96,20 +96,35 @@ class RestBackend:
             raise InvalidRequest("the endpoint has no target")
         return self._default
 
-    async def lookup(self, request: LookupRequest, request_id: str, budget: float | None) -> Answer:
-        """``budget`` is the time left for a retry; ``None`` (a first attempt) leaves the
-        endpoint's own ``request-timeout``."""
+    def refusal(self, request: LookupRequest) -> PermanentError | None:
+        """Why ``request`` cannot be asked at all (a map without a target, a key that cannot be
+        a path segment), or ``None``: answered before the breaker, which must learn only from
+        the API's answers."""
+        routed = self._routed(request)
+        return routed if isinstance(routed, PermanentError) else None
+
+    def _routed(
+        self, request: LookupRequest
+    ) -> tuple[Route, HttpClient, tuple[Target, str]] | PermanentError:
+        """The route, its client, and the target and query of the GET."""
         routed = self._maps.get(request.map_name) if request.map_name else None
         routed = routed or self._default
         if routed is None:
             name = (request.map_name or b"").decode("utf-8", "replace")
-            return Answer(PermanentError(f"unknown map {name}"))
+            return PermanentError(f"unknown map {name}")
         route, client = routed
         where = route.request(request)
-        if isinstance(where, PermanentError):
-            return Answer(where)
+        return where if isinstance(where, PermanentError) else (route, client, where)
+
+    async def lookup(self, request: LookupRequest, request_id: str, budget: float | None) -> Answer:
+        """``budget`` is the time left for a retry; ``None`` (a first attempt) leaves the
+        endpoint's own ``request-timeout``."""
+        routed = self._routed(request)
+        if isinstance(routed, PermanentError):
+            return Answer(routed)  # the service asks ``refusal`` first; any other caller too
+        route, client, (target, query) = routed
         headers = self._credentials.current() or await self._credentials.renew()
-        response = await self._ask(client.get(*where, headers, request_id, budget))
+        response = await self._ask(client.get(target, query, headers, request_id, budget))
         if not isinstance(response, HttpResponse):
             return Answer(response)
         outcome = lookup_outcome(
