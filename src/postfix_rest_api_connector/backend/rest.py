@@ -90,7 +90,7 @@ class RestBackend:
         return client
 
     @property
-    def _own(self) -> tuple[Route, HttpClient]:
+    def _endpoint_route(self) -> tuple[Route, HttpClient]:
         """The endpoint's target, which every endpoint but a socketmap one with ``maps`` has."""
         if self._default is None:
             raise InvalidRequest("the endpoint has no target")
@@ -137,7 +137,7 @@ class RestBackend:
     ) -> Answer:
         """A policy answer is never cached: its ``max_age`` stays ``None``."""
         headers = self._credentials.current() or await self._credentials.renew()
-        (route, client) = self._own
+        (route, client) = self._endpoint_route
         if self._policy_format == "json":
             body = json_body(request)
             sent = client.post(
@@ -156,7 +156,7 @@ class RestBackend:
         """A login is never cached by the API's say-so: its ``max_age`` stays ``None``."""
         headers = self._credentials.current() or await self._credentials.renew()
         body, content_type = login_body(request, self._login_format)
-        (route, client) = self._own
+        (route, client) = self._endpoint_route
         sent = client.post(
             route.target, body, headers, request_id, budget, content_type=content_type
         )

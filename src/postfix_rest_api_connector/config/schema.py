@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     FilePath,
@@ -82,7 +83,7 @@ def _check_template(url: str) -> str:
     return url
 
 
-Url_ = Annotated[str, AfterValidator(_check_target), AfterValidator(_check_template)]
+TargetUrl = Annotated[str, AfterValidator(_check_target), AfterValidator(_check_template)]
 """A target: an http(s) URL, maybe a ``{key}``/``{name}`` template."""
 _DOT_PATH = re.compile(r"[^.\x00-\x1f]{1,200}(?:\.[^.\x00-\x1f]{1,200}){0,31}")
 
@@ -102,7 +103,15 @@ def _check_statuses(statuses: tuple[int, ...]) -> tuple[int, ...]:
 
 
 ValueField = Annotated[str | None, AfterValidator(_check_value_field)]
-Statuses = Annotated[tuple[int, ...], AfterValidator(_check_statuses)]
+
+
+def _tuple_from_list(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+Statuses = Annotated[
+    tuple[int, ...], BeforeValidator(_tuple_from_list), AfterValidator(_check_statuses)
+]
 """HTTP statuses (``not-found-status``)."""
 _MAP_NAME = re.compile(r"[!-~]{1,100}")
 
@@ -113,15 +122,10 @@ class MapConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    target: Url_
+    target: TargetUrl
     value_field: ValueField = Field(None, alias="value-field")
     """``null`` given: the plain JSON array; not given: the endpoint's."""
     not_found_status: Statuses | None = Field(None, alias="not-found-status")
-
-    @field_validator("not_found_status", mode="before")
-    @classmethod
-    def _tuple_from_list(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value
 
     def reading(
         self, value_field: str | None, statuses: tuple[int, ...]
@@ -193,7 +197,7 @@ class EndpointConfig(BaseModel):
 
     name: str = Field(min_length=1)
     mode: ModeName
-    target: Url_ | None = None
+    target: TargetUrl | None = None
     """Required unless ``maps`` names every map's target."""
     bind_address: Annotated[str, AfterValidator(_check_bind_address)] = Field(
         "127.0.0.1", alias="bind-address"
@@ -280,7 +284,7 @@ class EndpointConfig(BaseModel):
         never serves an answer of the old."""
         source = self.target or ""
         if self.maps or self.value_field or self.not_found_status != (404,):
-            maps = {name: m.model_dump(by_alias=True) for name, m in (self.maps or {}).items()}
+            maps = {name: m.model_dump(exclude_unset=True) for name, m in (self.maps or {}).items()}
             source += f" {self.value_field} {self.not_found_status} {maps}"
         return source
 
@@ -316,11 +320,6 @@ class EndpointConfig(BaseModel):
     @classmethod
     def _path_from_string(cls, value: object) -> object:
         return Path(value) if isinstance(value, str) else value
-
-    @field_validator("not_found_status", mode="before")
-    @classmethod
-    def _tuple_from_list(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value
 
     @field_validator("maps", mode="before")
     @classmethod
