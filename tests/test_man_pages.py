@@ -195,6 +195,7 @@ def test_the_key_check_sees_what_it_checks() -> None:
         "ENDPOINTS.HEADERS",
         "ENDPOINTS.BASIC-AUTH",
         "ENDPOINTS.OAUTH2",
+        "ENDPOINTS.MAPS",
     } <= set(keys)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 from .backend import RestBackend
 from .cache import open_cache
@@ -78,6 +79,8 @@ def check_config(config: Config, path: str) -> int:
             f"{endpoint.target_for_logs} (auth: {_auth_summary(endpoint)},"
             f" timeout {endpoint.request_timeout} ms{_login_summary(endpoint)})"
         )
+        for line in _routing_summary(endpoint):
+            print(f"    {line}")
     shared = config.shared_cache
     if shared is not None:
         users = [e.name for e in config.endpoints if uses_shared_cache(e)]
@@ -87,6 +90,27 @@ def check_config(config: Config, path: str) -> int:
             f" {shared.timeout} ms, password: {password}) for {', '.join(users) or 'no endpoint'}"
         )
     return 0
+
+
+def _routing_summary(endpoint: EndpointConfig) -> Iterator[str]:
+    """What differs from the plain contract: the maps' own targets and how answers read."""
+    yield from _mapping_lines(endpoint.value_field, endpoint.not_found_status)
+    if endpoint.policy_format != "form":
+        yield f"policy-format {endpoint.policy_format}"
+    for name, entry in (endpoint.maps or {}).items():
+        reading = entry.reading(endpoint.value_field, endpoint.not_found_status)
+        mapping = ", ".join(_mapping_lines(*reading))
+        yield f"map {name} -> {url_for_logs(entry.target)}{f' ({mapping})' if mapping else ''}"
+    if endpoint.maps:
+        other = "unknown map (PERM)" if endpoint.target is None else endpoint.target_for_logs
+        yield f"other maps -> {other}"
+
+
+def _mapping_lines(value_field: str | None, statuses: tuple[int, ...]) -> Iterator[str]:
+    if value_field is not None:
+        yield f"value-field {value_field}"
+    if statuses != (404,):
+        yield f"not-found-status {list(statuses)}"
 
 
 def _login_summary(endpoint: EndpointConfig) -> str:

@@ -323,10 +323,16 @@ def test_files_that_are_not_pem_are_refused(tmp_path: Path) -> None:
 def test_a_client_certificate_needs_an_https_target(client_pki: tuple[KeyPair, KeyPair]) -> None:
     pair, _ = client_pki
     problems = _problems(**_tls(pair, target="http://127.0.0.1:9000/lookup"))
-    assert problems == [
-        "endpoints[0].tls-client-cert: needs an https:// target (the certificate is sent in the"
-        " TLS handshake, which http:// has not)"
+    needs_https = [
+        "endpoints[0].tls-client-cert: needs https:// targets, its maps' too (the certificate"
+        " is sent in the TLS handshake, which http:// has not)"
     ]
+    assert problems == needs_https
+    socketmap: dict[str, Any] = {"mode": "socketmap-lookup", "target": "https://127.0.0.1:9/l"}
+    plain_map = {**socketmap, "maps": {"aliases": "http://127.0.0.1:9000/aliases"}}
+    assert _problems(**_tls(pair, **plain_map)) == needs_https
+    tls_map = {**socketmap, "maps": {"aliases": "https://127.0.0.1:9000/aliases"}}
+    parse_config({"endpoints": [_endpoint(**_tls(pair, **tls_map))]})  # loads
 
 
 def test_a_key_alone_is_refused(client_pki: tuple[KeyPair, KeyPair]) -> None:

@@ -100,6 +100,11 @@ def write_config_file(path: Path, text: str) -> None:
 
 @pytest.fixture
 def postmap(tmp_path: Path) -> Postmap:
+    return private_postmap(tmp_path)
+
+
+def private_postmap(tmp_path: Path) -> Postmap:
+    """Debian's postmap with a near-empty main.cf of its own under ``tmp_path``."""
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     executable = shutil.which("postmap", path=path)
     if executable is None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from ..core.model import NOT_FOUND, Found, Outcome, PermanentError, TemporaryError
 
@@ -26,17 +29,41 @@ _ONE_PLAIN_STRING = re.compile(rb'[ \t\n\r]*\[[ \t\n\r]*"([^"\\\x00-\x1f]+)"[ \t
 JSON decoder; whatever else goes to ``json.loads`` and the checks after it."""
 
 
-def lookup_outcome(status: int, body: bytes, content_type: str | None, separator: str) -> Outcome:
+NOT_FOUND_STATUS = frozenset({404})
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMapping:
+    """How a 200's body and the other statuses read (``value-field``, ``not-found-status``);
+    the default is the plain contract, a JSON array of strings."""
+
+    value_field: tuple[str, ...] | None = None
+    """The dot path's steps (``data.mailbox`` gives ``("data", "mailbox")``)."""
+    not_found_status: frozenset[int] = NOT_FOUND_STATUS
+
+
+PLAIN = ResponseMapping()
+
+
+def lookup_outcome(
+    status: int,
+    body: bytes,
+    content_type: str | None,
+    separator: str,
+    mapping: ResponseMapping = PLAIN,
+) -> Outcome:
     """The REST contract for lookups, row by row."""
-    if status == 404:
+    if status in mapping.not_found_status:
         if content_type is not None and "html" in content_type.lower():
             # a proxy's or ingress's error page, not the API saying "no such key"
-            return TemporaryError("API answered 404 with an HTML page")
+            return TemporaryError(f"API answered {status} with an HTML page")
         return NOT_FOUND
     if status != 200:
         return _status_failure(status)
     if not _json_content_type(content_type):
         return TemporaryError(f"API answered with content type {content_type!r}, not JSON")
+    if mapping.value_field is not None:
+        return field_outcome(body, mapping.value_field, separator)
     plain = _ONE_PLAIN_STRING.fullmatch(body)
     if plain is not None:
         try:
@@ -56,6 +83,44 @@ def decoded_outcome(body: bytes, separator: str) -> Outcome:
         return TemporaryError("API answered with JSON that is not an array of strings")
     if not values:
         return NOT_FOUND
+    return _joined(values, separator)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def field_outcome(body: bytes, path: tuple[str, ...], separator: str) -> Outcome:
+    """The value at ``path`` in a 200's JSON body (``value-field``).
+
+    Numbers keep the text the API wrote (no conversion, so no size limit to trip on). ``null``,
+    ``[]`` or ``""`` there is a miss; a missing step, an object or a boolean means the API
+    changed shape, a temporary error. Of duplicate keys the last wins, as in ``json``.
+    """
+    try:
+        node = json.loads(body, parse_int=str, parse_float=str, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return TemporaryError("API answered with invalid JSON")
+    for step in path:
+        if isinstance(node, dict) and step in node:
+            node = node[step]
+        elif (
+            isinstance(node, list) and step.isdecimal() and step.isascii() and int(step) < len(node)
+        ):
+            node = node[int(step)]
+        else:
+            return TemporaryError("API answer has no value-field")
+    if node is None or node in ("", []):
+        return NOT_FOUND
+    if isinstance(node, str):
+        return _joined((node,), separator)
+    if isinstance(node, list) and all(isinstance(value, str) for value in node):
+        return _joined(node, separator)
+    return TemporaryError("API answered with a value-field that is not a string, number or list")
+
+
+def _joined(values: Sequence[str], separator: str) -> Outcome:
+    """Strings and numbers' texts joined, if Postfix can take the result."""
     joined = separator.join(values)
     if not joined:
         return TemporaryError("API answered with an empty value")
@@ -69,14 +134,24 @@ def decoded_outcome(body: bytes, separator: str) -> Outcome:
 
 
 def policy_outcome(status: int, body: bytes) -> Outcome:
-    """``action=X`` (Rust predecessor) or ``X`` (Kotlin predecessor), one line, nothing else."""
+    """``action=X`` (Rust predecessor), ``X`` (Kotlin predecessor) or ``{"action": "X"}``: one
+    line, nothing else, whichever form."""
     if status != 200:
         return _status_failure(status)
     try:
         text = body.decode("utf-8").strip()
     except UnicodeDecodeError:
         return TemporaryError("API answered with a policy action that is not UTF-8")
-    if text[:7].lower() == "action=":
+    if text.startswith("{"):
+        try:
+            answer = json.loads(text)
+        except (ValueError, RecursionError):
+            return TemporaryError("API answered with invalid JSON")
+        action = answer.get("action") if isinstance(answer, dict) else None
+        if not isinstance(action, str):
+            return TemporaryError('API answered with JSON without a string "action"')
+        text = action.strip()
+    elif text[:7].lower() == "action=":
         text = text[7:].strip()
     if not text or "\n" in text or "\r" in text:
         return TemporaryError("API answered with an empty or multi-line policy action")

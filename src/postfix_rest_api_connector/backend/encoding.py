@@ -4,6 +4,7 @@ as a separator."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 
@@ -33,6 +34,12 @@ def lookup_query(request: LookupRequest) -> str:
     return f"name={escape(_percent, request.map_name).decode('ascii')}&key={key}"
 
 
+def path_segment(raw: bytes) -> str:
+    """One path segment of a ``{key}`` or ``{name}`` template: everything but the unreserved
+    characters percent-encoded, ``/`` too (``quote(raw, safe="")``)."""
+    return _UNRESERVED_COMPLEMENT.sub(_percent, raw).decode("ascii")
+
+
 def form_body(request: PolicyRequest) -> bytes:
     """Every attribute in order, names and values form-encoded from their raw bytes."""
     return form_encoded(request.attributes)
@@ -42,3 +49,16 @@ def form_encoded(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
     """``name=value`` pairs joined by ``&``, each side form-encoded from its raw bytes."""
     escape = _UNRESERVED_COMPLEMENT.sub
     return b"&".join(escape(_form, name) + b"=" + escape(_form, value) for name, value in fields)
+
+
+def json_body(request: PolicyRequest) -> bytes:
+    """Every attribute in order as one JSON object (``policy-format`` ``json``), in ASCII.
+
+    Bytes that are not UTF-8 become U+FFFD: JSON strings are Unicode, and a replacement can
+    neither end a string nor add a field (the decoder refuses duplicate names already).
+    """
+    fields = {
+        name.decode("utf-8", "replace"): value.decode("utf-8", "replace")
+        for name, value in request.attributes
+    }
+    return json.dumps(fields, ensure_ascii=True, separators=(",", ":")).encode("ascii")

@@ -166,10 +166,13 @@ def _client_cert_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]
         if key is not None:
             yield f"{where}.tls-client-key: needs tls-client-cert"
         return
-    if urlsplit(endpoint.target).scheme != "https":
+    targets = [entry.target for entry in (endpoint.maps or {}).values()]
+    if endpoint.target is not None:
+        targets.append(endpoint.target)
+    if any(urlsplit(target).scheme != "https" for target in targets):
         yield (
-            f"{where}.tls-client-cert: needs an https:// target (the certificate is sent in"
-            " the TLS handshake, which http:// has not)"
+            f"{where}.tls-client-cert: needs https:// targets, its maps' too (the certificate"
+            " is sent in the TLS handshake, which http:// has not)"
         )
         return
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -225,6 +228,7 @@ def cross_checks(config: Config) -> Iterator[str]:
         yield from _client_cert_problems(endpoint, where)
         yield from _oauth2_problems(endpoint, where)
         yield from _mode_problems(endpoint, where)
+        yield from _template_problems(endpoint, where)
         if config.shared_cache is not None and ":" in endpoint.name:
             yield f"{where}.name: must not contain ':' with shared-cache (it is part of the keys)"
     if config.shared_cache is not None:
@@ -263,6 +267,21 @@ def _mode_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
             f"{where}.request-timeout: at most {longest} ms for mode '{mode.name}'"
             " (its client gives up after 10 s)"
         )
+
+
+def _template_problems(endpoint: EndpointConfig, where: str) -> Iterator[str]:
+    """``{key}`` for lookups only, ``{name}`` for socketmap only."""
+    mode = MODES[endpoint.mode]
+    targets = [("target", endpoint.target)] + [
+        (f"maps.{name}.target", entry.target) for name, entry in (endpoint.maps or {}).items()
+    ]
+    for key, url in targets:
+        if url is None:
+            continue
+        if mode.call is not Call.LOOKUP and "{key}" in url:
+            yield f"{where}.{key}: {{key}} only applies to the lookup modes"
+        if not mode.names_maps and "{name}" in url:
+            yield f"{where}.{key}: {{name}} only applies to mode 'socketmap-lookup'"
 
 
 def _modes_phrase(names: list[str]) -> str:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -61,6 +62,88 @@ def _check_target(url: str) -> str:
     except ValueError as error:
         raise ValueError(f"is not a valid URL: {error}") from None
     return url
+
+
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+PLACEHOLDERS = frozenset({"{key}", "{name}"})
+
+
+def _check_template(url: str) -> str:
+    """``{key}`` and ``{name}`` only, only in the path, and nothing the parser would take for
+    them once it has percent-encoded the braces."""
+    if "{" not in url and "}" not in url:
+        return url
+    placeholders = _PLACEHOLDER.findall(url)
+    rest = _PLACEHOLDER.sub("", url)
+    if set(placeholders) - PLACEHOLDERS or "{" in rest or "}" in rest:
+        raise ValueError("the only placeholders are {key} and {name}")
+    parts = urlsplit(url)
+    if sum(parts.path.count(mark) for mark in PLACEHOLDERS) != len(placeholders):
+        raise ValueError("{key} and {name} may only stand in the path")
+    if re.search("%7[bd]", url, re.IGNORECASE):
+        raise ValueError("must not contain %7B or %7D beside {key} or {name}")
+    return url
+
+
+TargetUrl = Annotated[str, AfterValidator(_check_target), AfterValidator(_check_template)]
+"""A target: an http(s) URL, maybe a ``{key}``/``{name}`` template."""
+_DOT_PATH = re.compile(r"[^.\x00-\x1f]{1,200}(?:\.[^.\x00-\x1f]{1,200}){0,31}")
+
+
+def _check_value_field(path: str | None) -> str | None:
+    if path is not None and not _DOT_PATH.fullmatch(path):
+        raise ValueError("must be a dot path of at most 32 non-empty names (data.mailbox)")
+    return path
+
+
+def _check_statuses(statuses: tuple[int, ...]) -> tuple[int, ...]:
+    if any(not 400 <= status <= 599 for status in statuses):
+        raise ValueError("must list HTTP statuses from 400 to 599")
+    if len(set(statuses)) != len(statuses):
+        raise ValueError("must not list a status twice")
+    return statuses
+
+
+ValueField = Annotated[str | None, AfterValidator(_check_value_field)]
+
+
+def _tuple_from_list(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+Statuses = Annotated[
+    tuple[int, ...], BeforeValidator(_tuple_from_list), AfterValidator(_check_statuses)
+]
+"""HTTP statuses (``not-found-status``)."""
+_MAP_NAME = re.compile(r"[!-~]{1,100}")
+
+
+class MapConfig(BaseModel):
+    """One socketmap map's own target (``maps``); its ``value-field`` and ``not-found-status``
+    replace the endpoint's when given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    target: TargetUrl
+    value_field: ValueField = Field(None, alias="value-field")
+    """``null`` given: the plain JSON array; not given: the endpoint's."""
+    not_found_status: Statuses | None = Field(None, alias="not-found-status")
+
+    def reading(
+        self, value_field: str | None, statuses: tuple[int, ...]
+    ) -> tuple[str | None, tuple[int, ...]]:
+        """Its ``value-field`` and ``not-found-status``, the endpoint's where it gives none."""
+        return (
+            self.value_field if "value_field" in self.model_fields_set else value_field,
+            statuses if self.not_found_status is None else self.not_found_status,
+        )
+
+
+def _check_maps(maps: dict[str, MapConfig] | None) -> dict[str, MapConfig] | None:
+    for name in maps or {}:
+        if not _MAP_NAME.fullmatch(name):
+            raise ValueError(f"map name {name!r}: 1 to 100 printable ASCII characters, no space")
+    return maps
 
 
 def _check_header_text(value: str) -> str:
@@ -258,7 +341,8 @@ class EndpointConfig(BaseModel):
 
     name: str = Field(min_length=1)
     mode: ModeName
-    target: Annotated[str, AfterValidator(_check_target)]
+    target: TargetUrl | None = None
+    """Required unless ``maps`` names every map's target."""
     bind_address: Annotated[str, AfterValidator(_check_bind_address)] = Field(
         "127.0.0.1", alias="bind-address"
     )
@@ -278,6 +362,10 @@ class EndpointConfig(BaseModel):
     request_timeout: Milliseconds = Field(2000, alias="request-timeout", ge=1, le=99_000)
     """Below Postfix's own 100 s, after which it gives up and asks again."""
     list_separator: str = Field(",", alias="list-separator")
+    value_field: ValueField = Field(None, alias="value-field")
+    not_found_status: Statuses = Field((404,), alias="not-found-status")
+    maps: Annotated[dict[str, MapConfig] | None, AfterValidator(_check_maps)] = None
+    policy_format: Literal["form", "json"] = Field("form", alias="policy-format")
     idle_timeout: Milliseconds = Field(600_000, alias="idle-timeout", ge=1_000, le=86_400_000)
     read_timeout: Milliseconds = Field(10_000, alias="read-timeout", ge=100, le=600_000)
     max_connections: int = Field(2048, alias="max-connections", ge=1, le=1_000_000)
@@ -315,6 +403,12 @@ class EndpointConfig(BaseModel):
     oauth2: OAuth2Config | None = None
 
     @model_validator(mode="after")
+    def _a_target(self) -> EndpointConfig:
+        if self.target is None and not self.maps:
+            raise ValueError("target: Field required (or maps for mode socketmap-lookup)")
+        return self
+
+    @model_validator(mode="after")
     def _one_listener(self) -> EndpointConfig:
         """A TCP port or a unix socket path: exactly one (reported with the key's name)."""
         if self.bind_port is None and self.bind_path is None:
@@ -328,7 +422,20 @@ class EndpointConfig(BaseModel):
     @property
     def target_for_logs(self) -> str:
         """The target without user info or query string, which may carry secrets."""
+        if self.target is None:
+            return "its maps' targets"
         return url_for_logs(self.target)
+
+    @property
+    def answer_source(self) -> str:
+        """What the API's answers depend on beyond the key: the targets and, when set, how
+        answers read; a cache scope (``cache_scope``), so that a reload changing any of them
+        never serves an answer of the old."""
+        source = self.target or ""
+        if self.maps or self.value_field or self.not_found_status != (404,):
+            maps = {name: m.model_dump(exclude_unset=True) for name, m in (self.maps or {}).items()}
+            source += f" {self.value_field} {self.not_found_status} {maps}"
+        return source
 
     @property
     def listen_description(self) -> str:
@@ -372,6 +479,14 @@ class EndpointConfig(BaseModel):
     @classmethod
     def _path_from_string(cls, value: object) -> object:
         return Path(value) if isinstance(value, str) else value
+
+    @field_validator("maps", mode="before")
+    @classmethod
+    def _entries_from_urls(cls, value: object) -> object:
+        """A map given as a URL string is a map with only a target."""
+        if isinstance(value, dict):
+            return {k: {"target": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
 
 
 class MetricsConfig(BaseModel):

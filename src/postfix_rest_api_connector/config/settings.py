@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 
 from ..backend import BackendSettings
+from ..backend.contract import ResponseMapping
+from ..backend.routing import Route
 from ..cache import CacheSettings, cache_scope
 from ..cache.shared import SharedCacheSettings
 from ..connection import Limits
@@ -17,6 +19,7 @@ from ..service import RetryPolicy, ServiceSettings
 from .schema import (
     BasicAuthConfig,
     EndpointConfig,
+    MapConfig,
     OAuth2Config,
     SharedCacheConfig,
     reveal,
@@ -144,20 +147,37 @@ def backend_settings(
     else:
         credentials = StaticCredentials(Headers.of(auth_headers))
     return BackendSettings(
-        target=Target.parse(config.target),
+        target=Target.parse(config.target) if config.target is not None else None,
         http=http,
         credentials=credentials,
         list_separator=config.list_separator,
+        mapping=ResponseMapping(_steps(config.value_field), frozenset(config.not_found_status)),
+        maps={
+            name.encode(): _map_route(config, entry) for name, entry in (config.maps or {}).items()
+        },
+        policy_format=config.policy_format,
         login_format=config.request_format,
         renews_on_401=config.oauth2 is not None,
     )
+
+
+def _steps(value_field: str | None) -> tuple[str, ...] | None:
+    return tuple(value_field.split(".")) if value_field is not None else None
+
+
+def _map_route(endpoint: EndpointConfig, entry: MapConfig) -> Route:
+    """A map's own target, the key alone in its query; the endpoint's ``value-field`` and
+    ``not-found-status`` unless the map gives its own."""
+    value_field, statuses = entry.reading(endpoint.value_field, endpoint.not_found_status)
+    mapping = ResponseMapping(_steps(value_field), frozenset(statuses))
+    return Route.of(Target.parse(entry.target), mapping, names_map=False)
 
 
 def service_settings(config: EndpointConfig) -> ServiceSettings:
     return ServiceSettings(
         timeout=config.request_timeout / 1000,
         retry=RetryPolicy(config.effective_retries, config.retry_backoff / 1000),
-        cache_scope=cache_scope(config.name, config.target),
+        cache_scope=cache_scope(config.name, config.answer_source),
         cache_ttl=config.cache_ttl / 1000,
         negative_cache_ttl=config.negative_cache_ttl / 1000,
         respect_cache_control=config.cache_control,

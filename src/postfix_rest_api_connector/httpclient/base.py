@@ -69,6 +69,21 @@ class Target:
             has_user_info=parts.username is not None or parts.password is not None,
         )
 
+    def at(self, url: str, path: bytes) -> Target:
+        """The same origin at another (already percent-encoded) URL and path, taken as they are:
+        a filled ``{key}`` template, to which a GET adds no query string."""
+        return Target(
+            configured=self.configured,
+            url=url,
+            scheme=self.scheme,
+            host=self.host,
+            port=self.port,
+            path=path,
+            get_prefix=path,
+            url_prefix=url,
+            has_user_info=self.has_user_info,
+        )
+
 
 class HttpError(Exception):
     """A request that got no usable answer. The class name is the reason shown to Postfix."""

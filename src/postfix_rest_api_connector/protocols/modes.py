@@ -65,9 +65,17 @@ class Mode:
 
 
 LOOKUP_KEYS = frozenset(
-    {"cache-ttl", "negative-cache-ttl", "cache-max-entries", "cache-control", "stale-if-error"}
+    {
+        "cache-ttl",
+        "negative-cache-ttl",
+        "cache-max-entries",
+        "cache-control",
+        "stale-if-error",
+        "value-field",
+        "not-found-status",
+    }
 )
-POLICY_KEYS = frozenset({"failure-action", "max-policy-attributes"})
+POLICY_KEYS = frozenset({"failure-action", "max-policy-attributes", "policy-format"})
 SASL_KEYS = frozenset(
     {"failure-delay", "allow-plaintext", "request-format", "cache-ttl", "cache-max-entries"}
 )
@@ -103,7 +111,7 @@ MODES: dict[str, Mode] = {
             Call.LOOKUP,
             lambda limits: socketmap.SocketmapDecoder(limits.max_request),
             _lookup_replies(socketmap.reply),
-            LOOKUP_KEYS,
+            LOOKUP_KEYS | {"maps"},
             default_retries=1,
             names_maps=True,
         ),

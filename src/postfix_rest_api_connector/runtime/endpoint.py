@@ -155,7 +155,7 @@ class Endpoint:
             fleet = FleetLookups(
                 self.shared_tier,
                 config.name,
-                config.target,
+                config.answer_source,
                 stale_for=config.stale_if_error / 1000,
                 timeout=config.request_timeout / 1000,
             )

@@ -27,6 +27,7 @@ from ..cache.shared import SharedEntry
 from ..core.context import new_request_id, request_id
 from ..core.model import (
     Answer,
+    Failure,
     Found,
     LoginRequest,
     LookupRequest,
@@ -50,6 +51,10 @@ MIN_ATTEMPT = 0.05
 
 
 class Backend(Protocol):
+    def refusal(self, request: LookupRequest) -> Failure | None:
+        """A lookup that cannot be asked (socketmap: a map without a target), answered now."""
+        ...
+
     async def lookup(
         self, request: LookupRequest, request_id: str, budget: float | None
     ) -> Answer: ...
@@ -128,6 +133,10 @@ class EndpointService:
         cached = self.cached(request)
         if cached is not None:
             return cached
+        refused = self._backend.refusal(request)
+        if refused is not None:  # no API call: neither the breaker nor a retry may see it
+            self._log_outcome(request, refused)
+            return refused
         key: CacheKey = (self._scope, request.map_name, request.key)
         stats = self.stats
         stats.cache_misses += 1
