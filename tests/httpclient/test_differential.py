@@ -199,6 +199,22 @@ def final_head(wire: bytes) -> list[bytes]:
         position = end + 4
 
 
+def interim_field_values(wire: bytes, name: bytes) -> list[bytes]:
+    """The values of ``name`` in the interim (1xx) heads before the final one."""
+    values, position = [], 0
+    while (end := wire.find(b"\r\n\r\n", position)) >= 0:
+        lines = wire[position:end].lower().split(b"\r\n")
+        if lines[0][9:10] != b"1":
+            break
+        values += [
+            line.partition(b":")[2].strip(b" \t")
+            for line in lines[1:]
+            if line.partition(b":")[0] == name
+        ]
+        position = end + 4
+    return values
+
+
 def field_values(wire: bytes, name: bytes) -> list[bytes]:
     return [
         line.partition(b":")[2].strip(b" \t")
@@ -300,6 +316,19 @@ KNOWN_DIFFERENCES = (
             identical_lengths(wire) and refused_for(theirs, "content-length")
         ),
         b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\n[]",
+    ),
+    Difference(
+        "interim-responses-are-skipped-whole",
+        "llhttp",
+        "RFC 9110 section 15.2: a client reads past interim (1xx) responses to the final one;"
+        " theirs have no content, so ours skips them, fields and all, while llhttp checks an"
+        " interim head's Content-Length fields as if they framed a body.",
+        lambda wire, mine, theirs: (
+            len(interim_field_values(wire, b"content-length")) > 1
+            and refused_for(theirs, "content-length")
+        ),
+        b"HTTP/1.1 102 Processing\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]",
     ),
     Difference(
         "chunk-extensions-are-ignored",
