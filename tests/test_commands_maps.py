@@ -56,8 +56,8 @@ async def test_check_config_of_a_plain_endpoint_is_unchanged(tmp_path: Path) -> 
     )
     assert status == 0, stderr
     assert stdout.splitlines()[1:] == [
-        "  test-tcp-lookup: tcp-lookup on 127.0.0.1:0 -> http://a/x (token: inline,"
-        " timeout 1000 ms)"
+        "  test-tcp-lookup: tcp-lookup on 127.0.0.1:0 -> http://a/x (auth: x-auth-token"
+        " inline, timeout 1000 ms)"
     ]
 
 
