@@ -1,7 +1,7 @@
 """Which asyncio Redis client costs the least CPU per shared-cache hit (issue #13).
 
 Starts a private ``redis-server`` on a free loopback port, stores one entry shaped like a shared
-cache entry, then, in interleaved rounds, lets each client fetch it with ``CONCURRENCY``
+cache entry, then, in interleaved rounds, lets each client fetch it with ``--concurrency``
 concurrent lookups for ``--seconds`` on uvloop. CPU is the whole process's (all threads: glide
 runs its own), so a client that hands work to another thread pays for it here. Prints the
 medians; bounded in time, loopback only.
@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
-CONCURRENCY = 50
+DEFAULT_CONCURRENCY = 50
+CONCURRENCY = DEFAULT_CONCURRENCY
 KEY = "prac:v1:bench:-:user@example.com"
 VALUE = json.dumps({"v": 1, "f": 1764669600.0, "o": "found", "value": "example.com/user/"})
 
@@ -37,6 +38,7 @@ def free_port() -> int:
 
 async def _drive(get: Callable[[], Awaitable[object]], seconds: float) -> tuple[int, float]:
     """Lookups done and CPU seconds spent, ``CONCURRENCY`` at a time for ``seconds``."""
+    concurrency = CONCURRENCY
     done = 0
     stop_at = time.monotonic() + seconds
 
@@ -47,7 +49,7 @@ async def _drive(get: Callable[[], Awaitable[object]], seconds: float) -> tuple[
             done += 1
 
     started = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return done, time.process_time() - started
 
 
@@ -78,8 +80,9 @@ async def glide(port: int, seconds: float) -> tuple[int, float]:
 
 
 async def connector_tier(port: int, seconds: float) -> tuple[int, float]:
-    """The connector's own read path (``SharedTier.get``: redis-py, the reads of one loop turn
-    in one ``MGET``), on distinct keys so that the batching, not a repeated key, is measured."""
+    """The connector's own read path (``SharedTier.get``: the reads of one loop turn in one
+    ``MGET``, pipelined on a connection of its own and parsed by hiredis), on distinct keys so
+    that the batching, not a repeated key, is measured."""
     from postfix_rest_api_connector.cache.shared import (  # noqa: PLC0415
         SharedCacheSettings,
         SharedEntry,
@@ -110,7 +113,7 @@ async def connector_tier(port: int, seconds: float) -> tuple[int, float]:
 CLIENTS = {
     "redis-py (hiredis)": redis_py,
     "valkey-glide": glide,
-    "connector (redis-py, batched)": connector_tier,
+    "connector (batched, pipelined)": connector_tier,
 }
 
 
@@ -118,7 +121,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     args = parser.parse_args()
+    global CONCURRENCY  # noqa: PLW0603 - every client's round reads it
+    CONCURRENCY = args.concurrency
     server = shutil.which("redis-server")
     if server is None:
         sys.exit("redis-server not found: apt-get install redis-server")

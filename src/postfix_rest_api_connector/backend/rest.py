@@ -91,6 +91,8 @@ class RestBackend:
             name: (route, self._client_for(route.target, settings.http))
             for name, route in settings.maps.items()
         }
+        self._may_refuse = bool(self._maps) or self._default is None or self._default[0].templated
+        """Only maps and ``{key}`` templates refuse a lookup: the plain path routes it once."""
         self.stats = ApiStats()
 
     def _client_for(self, target: Target, http: ClientSettings) -> HttpClient:
@@ -112,6 +114,8 @@ class RestBackend:
         """Why ``request`` cannot be asked at all (a map without a target, a key that cannot be
         a path segment), or ``None``: answered before the breaker, which must learn only from
         the API's answers."""
+        if not self._may_refuse:
+            return None
         routed = self._routed(request)
         return routed if isinstance(routed, PermanentError) else None
 
