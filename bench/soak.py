@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -29,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from chaos_load import (
     API_TIMEOUT,
     MODES,
-    MODULE,
     REQUEST_DEADLINE,
     Api,
     config_document,
@@ -40,8 +38,9 @@ from chaos_load import (
     reserved_ports,
     right_reply,
     start_api,
+    start_connector,
+    stop_connector,
     until_quiet,
-    until_serving,
 )
 
 FAILING_SECONDS = 10.0
@@ -112,17 +111,8 @@ async def soak(minutes: int, connections: int, rate: float, workdir: Path) -> di
     with reserved_ports(len(MODES) + 1) as reserved, (workdir / "soak.log").open("wb") as stderr:
         ports, metrics_port = reserved[:-1], reserved[-1]
         config.write_text(json.dumps(config_document(target, ports, API_TIMEOUT, metrics_port)))
-        process = await asyncio.create_subprocess_exec(
-            *MODULE,
-            str(config),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        process = await start_connector(config, stderr, [*ports, metrics_port], metrics_port)
         try:
-            await until_serving([*ports, metrics_port])
-            await until_quiet(process.pid, metrics_port)
             idle = await figures(process.pid, metrics_port, api_port)
             stop = asyncio.Event()
             started = time.monotonic()
@@ -142,9 +132,7 @@ async def soak(minutes: int, connections: int, rate: float, workdir: Path) -> di
             await until_quiet(process.pid, metrics_port)
             after = await figures(process.pid, metrics_port, api_port)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 15)
+            await stop_connector(process)
             await runner.cleanup()
     warm, last = samples[min(1, len(samples) - 1)], samples[-1]
     return {

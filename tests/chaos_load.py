@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 from aiohttp import web
@@ -371,6 +372,38 @@ async def until_quiet(supervisor: int, metrics_port: int, deadline: float = 15.0
         await asyncio.sleep(0.2)
 
 
+async def start_connector(
+    config: Path, stderr: IO[bytes], ports: list[int], metrics_port: int
+) -> asyncio.subprocess.Process:
+    """The real connector on ``config``, once it listens on ``ports`` and is idle."""
+    process = await asyncio.create_subprocess_exec(
+        *MODULE,
+        str(config),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    try:
+        await until_serving(ports)
+        await until_quiet(process.pid, metrics_port)
+    except BaseException:
+        await stop_connector(process)
+        raise
+    return process
+
+
+async def stop_connector(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, and SIGKILL to its whole session if it has not exited within 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), 15)
+    except TimeoutError:
+        os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
 async def run(
     connections: int,
     seconds: float,
@@ -403,17 +436,8 @@ async def run(
         changed = json.dumps(config_document(target, ports, API_TIMEOUT - 1, metrics_port)).encode()
         versions = [changed, b'{"workers": 2, "endpoints": "not a list"}', first]
         config.write_bytes(first)
-        process = await asyncio.create_subprocess_exec(
-            *MODULE,
-            str(config),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        process = await start_connector(config, stderr, [*ports, metrics_port], metrics_port)
         try:
-            await until_serving([*ports, metrics_port])
-            await until_quiet(process.pid, metrics_port)
             idle = await figures(process.pid, metrics_port, api_port)
             tally, events, stop = Tally(), Counter[str](), asyncio.Event()
             started = time.monotonic()
@@ -445,13 +469,7 @@ async def run(
             await until_quiet(process.pid, metrics_port)
             after = await figures(process.pid, metrics_port, api_port)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
+            await stop_connector(process)
             await runner.cleanup()
     return {
         "connections": connections,
