@@ -212,14 +212,18 @@ async def client(
                 number += 1
                 sent = time.monotonic()
                 request = request_for(mode, key)
+                if writer.is_closing():  # the connector closed it (a killed worker)
+                    tally.counts["lost (connection closed or reset)"] += 1
+                    break
                 if rng.random() < vanish_share:
                     writer.write(request[: rng.choice((len(request), len(request) // 2))])
                     tally.counts["vanished (client closed mid-request)"] += 1
                     break
-                writer.write(request)
                 try:
+                    # uvloop raises RuntimeError, not OSError, for a transport closed meanwhile
+                    writer.write(request)
                     reply = await asyncio.wait_for(read_reply(mode, reader), REQUEST_DEADLINE)
-                except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                except (OSError, RuntimeError, asyncio.IncompleteReadError, TimeoutError):
                     tally.counts["lost (connection closed or reset)"] += 1
                     break
                 waited = time.monotonic() - sent
