@@ -17,6 +17,8 @@ from urllib.parse import unquote_plus
 
 from aiohttp import web
 
+from tls_serving import serving
+
 CLIENT_ID = "connector id:1"
 """With a space and a colon: the Basic encoding must form-encode it first (RFC 6749 2.3.1)."""
 CLIENT_SECRET = "s3cret+/:é pass"
@@ -114,13 +116,6 @@ async def oauth2_servers(
     app = web.Application()
     app.router.add_post("/token", servers.token)
     app.router.add_route("*", "/api", servers.api)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    host, bound = runner.addresses[0][:2]
-    servers.url = f"{'https' if ssl_context else 'http'}://{host}:{bound}"
-    try:
+    async with serving(app, ssl_context, port) as url:
+        servers.url = url
         yield servers
-    finally:
-        await runner.cleanup()

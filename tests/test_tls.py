@@ -23,6 +23,7 @@ from conftest import FakeApi, endpoint_address, endpoint_config, running_connect
 from oauth2_server import CLIENT_ID, CLIENT_SECRET, oauth2_servers
 from postfix_rest_api_connector.config import load_config
 from postfix_rest_api_connector.runtime.daemon import Daemon
+from tls_serving import serving
 
 DEADLINE = 10.0
 REQUEST_TIMEOUT = 1000
@@ -112,18 +113,9 @@ async def tls_api(pair: KeyPair, client_ca: Path | None = None) -> AsyncIterator
     fake = FakeApi()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", fake._dispatch)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        fake.url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    async with serving(app, context) as url:
+        fake.url = url
         yield fake
-    finally:
-        await runner.cleanup()
-        # uvloop finishes a TLS transport's close_notify exchange after close() returns and
-        # offers nothing to await; closing the loop before that fails with EBUSY.
-        await asyncio.sleep(0.1)
 
 
 async def ask(mode: str, address: tuple[str, int], key: str) -> bytes:
@@ -290,7 +282,6 @@ async def test_an_https_token_endpoint_is_checked_against_the_ca_file(
         del endpoint["auth-token"]
         async with running_connector(endpoint) as daemon:
             reply = await ask("tcp-lookup", endpoint_address(daemon), "k")
-        await asyncio.sleep(0.1)  # uvloop's TLS close_notify, as in tls_api
     if trusted:
         assert reply == b"200 value-of-k\n"
         assert len(servers.grants) == 1
