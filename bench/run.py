@@ -234,7 +234,13 @@ def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_connector(
-    tmp: Path, scenario: Scenario, api_port: int, workers: int | None, launcher: Launcher
+    tmp: Path,
+    scenario: Scenario,
+    api_port: int,
+    workers: int | None,
+    launcher: Launcher,
+    *,
+    start_deadline: float = 15,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A connector on one endpoint, configured with the keys both predecessors require (they
     ignore the others: ``max-connections``, ``cache-ttl``, ``workers``)."""
@@ -269,7 +275,7 @@ def start_connector(
         document["workers"] = workers
     config.write_text(json.dumps(document))
     process = launcher.start(config)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + start_deadline
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
