@@ -38,14 +38,24 @@ class ResponseIncomplete(HttpProtocolError):
         have been closed by the server while idle, and the request is safe to send again."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class HttpResponse:
-    """What the REST contract reads of an answer. ``body`` is kept only for status 200."""
+    """What the REST contract reads of an answer. ``body`` is kept only for status 200.
+
+    Its own ``__init__``, as core.model's per-request classes, for the same measured reason."""
 
     status: int
     body: bytes
     content_type: str | None
     cache_control: str | None
+
+    def __init__(
+        self, status: int, body: bytes, content_type: str | None, cache_control: str | None
+    ) -> None:
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "body", body)
+        object.__setattr__(self, "content_type", content_type)
+        object.__setattr__(self, "cache_control", cache_control)
 
 
 def encode_request(method: bytes, target: bytes, headers: bytes, body: bytes | None) -> bytes:
@@ -83,19 +93,30 @@ value keeps its trailing blanks (``_fields`` strips them): a lazy repeat that le
 twice as much."""
 
 
-@dataclass(slots=True)
 class _Fields:
-    lengths: set[bytes]
-    codings: list[bytes]
-    connection: list[bytes]
-    content_type: str | None
-    cache_control: str | None
-    content_codings: list[bytes]
+    """What ``_fields`` reads of a head; a plain class, so that mypyc builds it natively."""
+
+    __slots__ = (
+        "cache_control",
+        "codings",
+        "connection",
+        "content_codings",
+        "content_type",
+        "lengths",
+    )
+
+    def __init__(self) -> None:
+        self.lengths: set[bytes] = set()
+        self.codings: list[bytes] = []
+        self.connection: list[bytes] = []
+        self.content_type: str | None = None
+        self.cache_control: str | None = None
+        self.content_codings: list[bytes] = []
 
 
 def _fields(head: bytes) -> _Fields:
     """Field names and these values are case-insensitive, so the head is read lower-cased."""
-    fields = _Fields(set(), [], [], None, None, [])
+    fields = _Fields()
     cache_control: list[bytes] = []
     for name, padded in _FIELD_PATTERN.findall(head.lower()):
         value = padded.rstrip(b" \t")
@@ -118,7 +139,7 @@ def _fields(head: bytes) -> _Fields:
 
 
 def _split_list(value: bytes) -> list[bytes]:
-    if b"," not in value:
+    if value.find(b",") < 0:  # on 3.11, ``in`` on bytes raises and clears a TypeError first
         return [value]  # already stripped by the field pattern
     return [part.strip(b" \t") for part in value.split(b",")]
 

@@ -83,7 +83,7 @@ class PolicyDecoder:
     def _whole_request(self, block: bytes) -> PolicyRequest | None:
         """A request that arrived whole, read in bulk, as Postfix sends it; ``None`` leaves
         anything unusual (a CR, a limit, a bad line) to the line-by-line path and its reasons."""
-        if len(block) + 2 > self._max_request or b"\r" in block:
+        if len(block) + 2 > self._max_request or block.find(b"\r") >= 0:
             return None
         lines = block.split(b"\n")
         if len(lines) > self._max_attributes:

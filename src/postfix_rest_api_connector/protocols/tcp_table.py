@@ -37,7 +37,7 @@ def quote(raw: bytes) -> bytes:
 
 def unquote(quoted: bytes) -> bytes | None:
     """Undo ``quote``; ``None`` when a ``%`` is not followed by two hex digits."""
-    if b"%" not in quoted:
+    if quoted.find(b"%") < 0:  # cheaper than ``in`` on 3.11 (httpclient.codec._split_list)
         return quoted
     if _BAD_ESCAPE.search(quoted):
         return None

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = TemporaryError("internal error")
 """Whatever goes wrong in our own code, Postfix gets a temporary error, never a miss."""
+INTERRUPTED = TemporaryError("interrupted")
+"""What a ``finally`` records if its fetch never finished (built once, not per request)."""
 _UNEXPECTED = "%s: unexpected error, answering a temporary error"
 MIN_ATTEMPT = 0.05
 """Seconds an API attempt needs at least; a retry that would get less is not made."""
@@ -152,7 +154,7 @@ class EndpointService:
         # This asker leads: it fetches inline and publishes the outcome to whoever joined
         # meanwhile. Connections never cancel a request in flight, so the fetch runs to its end
         # even if this asker's client has gone.
-        outcome: Outcome = TemporaryError("interrupted")
+        outcome: Outcome = INTERRUPTED
         try:
             outcome = await self._fetch(request, key)
         except Exception:
@@ -277,7 +279,7 @@ class EndpointService:
         if not self._breaker.allow(time.monotonic()):
             self.stats.breaker_rejections += 1
             return Answer(TemporaryError("API circuit breaker open"))
-        outcome: Outcome = TemporaryError("interrupted")
+        outcome: Outcome = INTERRUPTED
         try:
             rid = request_id.get()
             attempt = 0
