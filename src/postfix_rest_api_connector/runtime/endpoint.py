@@ -30,15 +30,17 @@ from ..config.settings import (
     uses_shared_cache,
 )
 from ..connection import (
+    Cached,
     ConcurrentConnection,
     Connection,
     ConnectionTracker,
     ModeBinding,
     Successor,
+    answering_now,
+    counted,
 )
-from ..core.model import Malformed, Outcome, PermanentError, Request
+from ..core.model import Outcome, Request
 from ..core.stats import ApiStats
-from ..protocols import ReplyTable
 from ..protocols.modes import Call
 from ..service import EndpointService
 from ..service.fleet import FleetLookups
@@ -48,7 +50,6 @@ from .listeners import ListenKey
 log = logging.getLogger(__name__)
 
 Ask = Callable[[Request], Coroutine[Any, Any, Outcome]]
-Cached = Callable[[Request], Outcome | None]
 
 
 def service_call(service: EndpointService, call: Call) -> tuple[Ask, Cached | None]:
@@ -66,44 +67,17 @@ def service_call(service: EndpointService, call: Call) -> tuple[Ask, Cached | No
             return cast(Ask, service.authenticate), cast(Cached, service.cached_login)
 
 
-def _counted(reply: ReplyTable, answered: Counter[type]) -> ReplyTable:
-    """Every reply passes here, so the count by outcome is complete (for the metrics)."""
-
-    def count_and_reply(request: Request | None, outcome: Outcome) -> bytes:
-        answered[type(outcome)] += 1
-        return reply(request, outcome)
-
-    return count_and_reply
-
-
 def bind_mode(
     config: EndpointConfig, service: EndpointService, answered: Counter[type]
 ) -> ModeBinding:
     """The endpoint's mode, from the table of modes: its codec, its reply table, and the service
     call it names."""
     mode, limits = config.mode_spec, decoder_limits(config)
-    reply = _counted(mode.new_replies(reply_options(config)), answered)
+    reply = counted(mode.new_replies(reply_options(config)), answered)
     ask, cached = service_call(service, mode.call)
-
-    def answer_now(request: Request) -> bytes | None:
-        if isinstance(request, Malformed):
-            return reply(request, PermanentError(f"malformed request: {request.reason}"))
-        if cached is not None and (outcome := cached(request)) is not None:
-            return reply(request, outcome)
-        return None
-
-    itself = mode.answer_itself
-
-    def answer_itself_or_now(request: Request) -> bytes | None:
-        """A mode whose codec answers some requests itself (sasl) asks it first; the other
-        modes' requests do not pay for the question."""
-        assert itself is not None
-        own = itself(request)
-        return own if own is not None else answer_now(request)
-
     return ModeBinding(
         new_decoder=lambda: mode.new_decoder(limits),
-        answer_now=answer_now if itself is None else answer_itself_or_now,
+        answer_now=answering_now(reply, cached, mode.answer_itself),
         ask=ask,
         reply=reply,
         greeting=mode.greeting,
