@@ -88,12 +88,15 @@ class PolicyDecoder:
         lines = block.split(b"\n")
         if len(lines) > self._max_attributes:
             return None
-        parts = [line.partition(b"=") for line in lines]
-        if not all(name and equals for name, equals, _ in parts):
-            return None
-        if len({name for name, _, _ in parts}) != len(parts):
-            return None
-        return PolicyRequest(tuple((name, value) for name, _, value in parts))
+        attributes: list[tuple[bytes, bytes]] = []
+        names: set[bytes] = set()
+        for line in lines:  # one loop, no generators: a third of the instructions, compiled
+            name, equals, value = line.partition(b"=")
+            if not name or not equals or name in names:
+                return None
+            names.add(name)
+            attributes.append((name, value))
+        return PolicyRequest(tuple(attributes))
 
     def _count(self, line_bytes: int) -> None:
         self._request_bytes += line_bytes
