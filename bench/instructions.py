@@ -1,15 +1,16 @@
 """Instructions per request, counted by callgrind: a measure this noisy 2-core machine cannot blur.
 
     .venv-compiled/bin/python bench/instructions.py tcp [--peer-cmd 'PYTHON -m MODULE {config}']
-        [--conns 10] [--requests 3000] [--rounds 2] [--annotate DIR]
+        [--conns 10] [--requests 3000] [--rounds 2] [--latency 0|30] [--annotate DIR]
 
 CPU time per request moves by up to 20 % between runs of the same commit here (other guests on
 the host, frequency, which vCPU the wake-ups land on); the instructions the connector executes
-for a fixed workload do not. One worker (a single process), the bench's nginx as the API with
-no latency, ``--conns`` connections each sending its share of ``--requests`` lookups one after
-another; callgrind is switched on after a warm-up of the same size, so start-up and imports are
-not counted. Rounds alternate this checkout's install and the peer's. ``--annotate`` keeps each
-round's callgrind file, for ``callgrind_annotate --inclusive=yes FILE``.
+for a fixed workload do not. One worker (a single process), the bench's nginx as the API (no
+latency, or 30 ms with ``--latency 30``), ``--conns`` connections each sending its share of
+``--requests`` lookups one after another; callgrind is switched on after a warm-up of the same
+size, so start-up and imports are not counted. Rounds alternate this checkout's install and the
+peer's. ``--annotate`` keeps each round's callgrind file, for ``callgrind_annotate
+--inclusive=yes FILE``.
 
 Counted instructions leave out what callgrind cannot see (the kernel's share, which profile.py
 and perf measure) and weigh a cache miss like any instruction: they compare two builds of the
@@ -86,7 +87,14 @@ def _total_instructions(path: Path) -> int:
 
 
 def measure(
-    launcher: Launcher, tmp: Path, mode: str, api_port: int, *, conns: int, requests: int
+    launcher: Launcher,
+    tmp: Path,
+    mode: str,
+    api_port: int,
+    *,
+    conns: int,
+    requests: int,
+    latency_ms: int = 0,
 ) -> tuple[float, Path]:
     """Instructions per request of one round, and its callgrind file."""
     out = tmp / f"callgrind.{time.monotonic_ns()}"
@@ -100,7 +108,7 @@ def measure(
         ),
         launcher.env,
     )
-    scenario = Scenario(mode, 0, conns)
+    scenario = Scenario(mode, latency_ms, conns)
     process, port = start_connector(
         tmp, scenario, api_port, 1, wrapped, start_deadline=START_DEADLINE
     )
@@ -126,6 +134,13 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=10)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--latency",
+        type=int,
+        choices=(0, 30),
+        default=0,
+        help="the API's ms (30: every answer arrives on its own, as at light load)",
+    )
     parser.add_argument("--annotate", type=Path, help="keep each round's callgrind file here")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -148,6 +163,7 @@ def main() -> None:
                         api_port,
                         conns=args.conns,
                         requests=args.requests,
+                        latency_ms=args.latency,
                     )
                     figures[name].append(per_request)
                     print(f"round {round_number + 1} {name}: {per_request:,.0f} Ir/request")
