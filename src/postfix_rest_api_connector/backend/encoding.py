@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterable
 
 from ..core.model import LookupRequest, PolicyRequest
 
-_UNRESERVED_COMPLEMENT = re.compile(rb"[^A-Za-z0-9_.~-]")
+_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-"
+_UNRESERVED_COMPLEMENT = re.compile(b"[^" + re.escape(_UNRESERVED) + b"]")
 """What ``quote_from_bytes(safe="")`` and ``quote_plus`` escape. Most keys and attribute values
 have little of it, and a regex is several times cheaper than those functions."""
-_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-"
 _AS_ALNUM = bytes(0x61 if byte in _UNRESERVED else 0x25 for byte in range(256))
 """Maps what neither encoding escapes to ``a`` and the rest to ``%``: a field that needs no
 escaping becomes all letters, which ``isalnum`` sees for far less than a ``sub`` that finds

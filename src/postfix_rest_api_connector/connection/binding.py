@@ -45,10 +45,10 @@ def answering_now(
 
     if itself is None:
         return answer_now
+    codec_answer: Callable[[Request], bytes | None] = itself
 
     def answer_itself_or_now(request: Request) -> bytes | None:
-        assert itself is not None
-        own = itself(request)
+        own = codec_answer(request)
         return own if own is not None else answer_now(request)
 
     return answer_itself_or_now
